@@ -1,0 +1,265 @@
+"""Typed recipe configuration: nested dataclasses and type-checked ``--set`` overrides.
+
+A recipe is a plain Python module that builds a :class:`Recipe` and binds it to the module-level
+name ``RECIPE``. Variants import a base recipe and use :func:`dataclasses.replace`.
+
+Overrides use dotted keys (``train.epochs=3``). Every key is checked against the dataclass
+fields: an unknown key fails listing the valid keys, a value that does not parse fails naming
+the key and the expected type.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A recipe or override that cannot be applied; the message names the key."""
+
+
+@dataclass
+class Data:
+    """Where the data comes from and how it is decoded.
+
+    ``root`` is an image-folder root (``root/{train,val}/<class>/*``) or ``tfds:<name>`` for a
+    TensorFlow Datasets dataset prepared in ``tfds_data_dir``.
+    """
+
+    root: str = ""
+    image_size: int = 224
+    val_fraction: float = 0.1  # D9: share of the target data kept for validation
+    tfds_data_dir: str = ""
+    tfds_download: bool = False
+    train_split: str = "train"
+    val_split: str = "test"
+    cache: bool = False
+    augment: bool = True  # D4 classification augmentation
+    min_side: int = 8  # images smaller than this (either side) are skipped and reported
+    shuffle_buffer: int = 10000
+    generate: str = ""  # "shapes": write kft's generated dataset to `root` when it is missing
+
+
+@dataclass
+class Model:
+    """Which network, which weights, which head."""
+
+    arch: str = "resnet50"  # resnet18/34/50/101/152, or resnet_tiny (tests, quick starts)
+    preset: str = ""  # keras-hub preset name or local preset folder for the backbone
+    load_from: str = ""  # .keras model, kft run dir/checkpoint, preset dir, or keras.applications .h5
+    load_from_hash: str = ""  # "sha256:<hex>" or "md5:<hex>" checked before loading (M8)
+    num_classes: int = 0  # 0: from the data
+    head: str = "linear"  # "linear" or "mlp" (Dense(512)-BN-ReLU-Dropout-Dense, M2)
+    head_units: int = 512
+    dropout: float = 0.5
+    se_stages: tuple[str, ...] = ()  # M6: squeeze-excitation after these stages, e.g. ("layer3",)
+    se_reduction: int = 16
+
+
+@dataclass
+class Train:
+    """Optimisation and fine-tuning controls (T1-T9, T12)."""
+
+    epochs: int = 10
+    batch_size: int = 32
+    seed: int = 0
+    optimizer: str = "sgd"  # sgd | adamw | adam
+    learning_rate: float = 0.01
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+    # T3 schedules: constant | cosine_restarts | warmup_multistep | step
+    schedule: str = "constant"
+    restart_epochs: float = 5.0  # T_0 in epochs
+    restart_mult: float = 2.0  # T_mult
+    min_lr: float = 1e-6  # eta_min
+    warmup_steps: int = 0
+    warmup_factor: float = 0.001
+    milestones: tuple[int, ...] = ()  # epochs at which lr *= gamma (warmup_multistep)
+    gamma: float = 0.1
+    step_epochs: int = 0  # step decay period in epochs (schedule="step")
+    clipnorm: float = 0.0  # T4: global gradient-norm clip; 0 disables
+    mixed_precision: str = ""  # T5: "", "float16" or "bfloat16"
+    grad_accum_steps: int = 1  # T6
+    label_smoothing: float = 0.0  # T8
+    # T1: which backbone stages train. "all", "none" or stage names ("layer3", "layer4").
+    trainable_stages: tuple[str, ...] = ("all",)
+    unfreeze_every: int = 0  # progressive unfreezing: every N epochs ...
+    unfreeze_per_round: int = 1  # ... unfreeze this many more stages, top down
+    layer_lrs: dict[str, float] = field(default_factory=dict)  # T2: {"layer4": 1e-4}
+    early_stopping_patience: int = 0  # T7: 0 disables
+    monitor: str = "val_macro_f1"
+    steps_per_epoch: int = 0  # 0: one pass over the training split
+    jit_compile: bool = False
+
+
+@dataclass
+class Eval:
+    batch_size: int = 64
+    plots: bool = True
+
+
+@dataclass
+class Export:
+    enabled: bool = True
+    quantize: tuple[str, ...] = ("float32", "float16", "int8")  # C1
+    representative_samples: int = 100
+
+
+@dataclass
+class Recipe:
+    name: str = "recipe"
+    task: str = "classification"
+    description: str = ""
+    data: Data = field(default_factory=Data)
+    model: Model = field(default_factory=Model)
+    train: Train = field(default_factory=Train)
+    eval: Eval = field(default_factory=Eval)
+    export: Export = field(default_factory=Export)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading recipes and applying overrides
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Imports the recipe module at ``path`` and returns its ``RECIPE``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe file not found: {path}")
+    spec = importlib.util.spec_from_file_location(f"kft_recipe_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    recipe = getattr(module, "RECIPE", None)
+    if not isinstance(recipe, Recipe):
+        raise ConfigError(f"{path}: the module must define RECIPE = kft.config.Recipe(...)")
+    return recipe
+
+
+def valid_keys(obj: Any = None, prefix: str = "") -> list[str]:
+    """Every dotted key of a recipe, e.g. ``train.epochs``."""
+    obj = Recipe() if obj is None else obj
+    keys = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            keys.extend(valid_keys(value, f"{prefix}{f.name}."))
+        else:
+            keys.append(f"{prefix}{f.name}")
+    return keys
+
+
+def apply_overrides(recipe: Recipe, overrides: list[str] | tuple[str, ...]) -> Recipe:
+    """Returns a copy of ``recipe`` with ``key=value`` overrides applied, type-checked."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value, e.g. train.epochs=3")
+        key, raw = item.split("=", 1)
+        recipe = set_value(recipe, key.strip(), raw)
+    return recipe
+
+
+def set_value(recipe: Recipe, key: str, raw: str) -> Recipe:
+    parts = key.split(".")
+    return _set(recipe, parts, raw, key)
+
+
+def _set(obj: Any, parts: list[str], raw: str, full_key: str) -> Any:
+    names = {f.name: f for f in dataclasses.fields(obj)}
+    head = parts[0]
+    if head not in names:
+        raise ConfigError(
+            f"unknown key {full_key!r}. Valid keys:\n  " + "\n  ".join(valid_keys())
+        )
+    current = getattr(obj, head)
+    if dataclasses.is_dataclass(current):
+        if len(parts) == 1:
+            raise ConfigError(f"{full_key!r} is a section; set one of its fields, e.g. {full_key}.<field>")
+        return dataclasses.replace(obj, **{head: _set(current, parts[1:], raw, full_key)})
+    if len(parts) > 1:
+        raise ConfigError(f"unknown key {full_key!r}: {'.'.join(parts[:1])} is not a section")
+    hint = typing.get_type_hints(type(obj))[head]
+    return dataclasses.replace(obj, **{head: parse_value(raw, hint, full_key)})
+
+
+def parse_value(raw: str, hint: Any, key: str) -> Any:
+    """Parses the command-line string ``raw`` as type ``hint``; errors name ``key``."""
+    origin = typing.get_origin(hint)
+    try:
+        if hint is bool:
+            low = raw.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if hint is int:
+            return int(raw)
+        if hint is float:
+            return float(raw)
+        if hint is str:
+            return raw
+        if origin is tuple:
+            (item_type, *_rest) = typing.get_args(hint)
+            text = raw.strip()
+            if text.startswith("["):
+                items = json.loads(text)
+            else:
+                items = [s.strip() for s in text.split(",") if s.strip()]
+            return tuple(item_type(i) for i in items)
+        if origin is dict:
+            value = json.loads(raw)
+            if not isinstance(value, dict):
+                raise ValueError
+            _, value_type = typing.get_args(hint)
+            return {str(k): value_type(v) for k, v in value.items()}
+        if origin in (typing.Union, types.UnionType):
+            return raw
+    except (ValueError, TypeError, json.JSONDecodeError):
+        pass
+    else:
+        raise ConfigError(f"{key}: unsupported field type {hint}")
+    raise ConfigError(f"{key} expects {_type_name(hint)}, got {raw!r}")
+
+
+def _type_name(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        return f"a comma-separated list of {typing.get_args(hint)[0].__name__}"
+    if origin is dict:
+        return 'a JSON object such as {"layer4": 0.0001}'
+    return getattr(hint, "__name__", str(hint))
+
+
+def to_dict(recipe: Recipe) -> dict:
+    return dataclasses.asdict(recipe)
+
+
+def from_dict(data: dict) -> Recipe:
+    """Rebuilds a recipe from ``config.json`` (lists become tuples where fields are tuples)."""
+
+    def build(cls, values):
+        hints = typing.get_type_hints(cls)
+        kwargs = {}
+        for f in dataclasses.fields(cls):
+            if f.name not in values:
+                continue
+            v, hint = values[f.name], hints[f.name]
+            if dataclasses.is_dataclass(hint):
+                v = build(hint, v)
+            elif typing.get_origin(hint) is tuple:
+                v = tuple(v)
+            kwargs[f.name] = v
+        return cls(**kwargs)
+
+    return build(Recipe, data)
+
+
+def save_json(recipe: Recipe, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(to_dict(recipe), indent=2))

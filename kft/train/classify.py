@@ -1,0 +1,339 @@
+"""The classification run: data -> model -> fine-tuning -> evaluation -> export, into a run dir.
+
+Run directory (shared/DESIGN.md)::
+
+    config.json        the resolved recipe          history.csv     one row per epoch
+    data_report.json   what the readers skipped     load_report.json  what load_from reused
+    checkpoints/       resumable, atomic            model.keras     the final model
+    metrics.json       final evaluation             plots/          curves, confusion matrix
+    logs/              TensorBoard                  export/         TFLite models + report.json
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+
+from kft import config as cfg
+from kft.data import (
+    ClassificationAugment,
+    DataReport,
+    classification_batches,
+    load_tfds,
+    make_shapes_classification,
+    read_image_folder,
+)
+from kft.eval.classification import evaluate_classifier
+from kft.eval.plots import plot_confusion_matrix, plot_history
+from kft.models.classifier import ResNetClassifier
+from kft.models.weights import load_from, summarize
+from kft.train.callbacks import (
+    EpochCheckpoint,
+    LearningRateLogger,
+    ResumableEarlyStopping,
+    StopOnNaN,
+    restore_checkpoint,
+)
+from kft.train.finetune import (
+    ProgressiveUnfreeze,
+    candidate_trainable_variables,
+    set_trainable_stages,
+    stage_lr_multipliers,
+)
+from kft.train.optimizers import build_optimizer
+from kft.train.schedules import build_schedule
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN/inf; the last good checkpoint is kept."""
+
+
+@dataclass
+class ClassificationData:
+    train_source: object
+    val_source: object
+    class_names: list
+    num_train: int
+    num_val: int
+    report: DataReport
+    generated: bool
+
+
+def prepare_data(data: cfg.Data, run_dir: Path, seed: int) -> ClassificationData:
+    """Reads the folder or TFDS dataset named by ``data.root`` (generating it if asked)."""
+    report = DataReport()
+    generated = False
+    root = data.root
+    if not root:
+        raise cfg.ConfigError("data.root is empty: set --set data.root=<image folder or tfds:name>")
+    if root.startswith("tfds:"):
+        name = root[len("tfds:"):]
+        train_ds, class_names, n_train = load_tfds(
+            name, data_dir=data.tfds_data_dir or None, split=data.train_split,
+            download=data.tfds_download)
+        val_ds, _, n_val = load_tfds(
+            name, data_dir=data.tfds_data_dir or None, split=data.val_split,
+            download=data.tfds_download)
+        return ClassificationData((train_ds, n_train), (val_ds, n_val), list(class_names),
+                                  n_train, n_val, report, False)
+    if data.generate and not Path(root).exists():
+        if data.generate != "shapes":
+            raise cfg.ConfigError(f"data.generate={data.generate!r}: only 'shapes' exists")
+        print(f"[kft] data.root {root} is missing: GENERATING kft's synthetic shapes dataset there "
+              "(generated images, not real data)")
+        make_shapes_classification(root, image_size=max(64, data.image_size), seed=seed)
+        generated = True
+    if not Path(root).is_dir():
+        raise cfg.ConfigError(f"data.root={root!r} is not a directory")
+    generated = generated or (Path(root) / "GENERATED.txt").is_file()
+    train, val = read_image_folder(root, val_fraction=data.val_fraction, seed=seed, report=report,
+                                   cache_dir=run_dir / "cache" / "converted")
+    if generated:
+        print("[kft] NOTE: training on generated data (GENERATED.txt in data.root)")
+    return ClassificationData(train, val, list(train.class_names), len(train.paths),
+                              len(val.paths), report, generated)
+
+
+def build_model(model_cfg: cfg.Model, num_classes: int, image_size: int) -> ResNetClassifier:
+    return ResNetClassifier.from_arch(
+        model_cfg.arch, num_classes=num_classes, image_size=image_size, preset=model_cfg.preset,
+        head=model_cfg.head, head_units=model_cfg.head_units, dropout=model_cfg.dropout,
+        se_stages=model_cfg.se_stages, se_reduction=model_cfg.se_reduction)
+
+
+def compile_model(model, train: cfg.Train, steps_per_epoch: int, num_classes: int):
+    """Compiles with the recipe's optimiser, schedule, loss and metrics; builds the optimiser on
+    every variable that may ever train (see ``candidate_trainable_variables``)."""
+    schedule = build_schedule(train, steps_per_epoch)
+    multipliers = stage_lr_multipliers(model, train.layer_lrs, train.learning_rate)
+    optimizer = build_optimizer(
+        train.optimizer, schedule, momentum=train.momentum, nesterov=train.nesterov,
+        weight_decay=train.weight_decay, clipnorm=train.clipnorm,
+        grad_accum_steps=train.grad_accum_steps, lr_multipliers=multipliers)
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.CategoricalCrossentropy(from_logits=True,
+                                                  label_smoothing=train.label_smoothing),
+        metrics=[
+            keras.metrics.CategoricalAccuracy(name="accuracy"),
+            keras.metrics.TopKCategoricalAccuracy(k=min(5, num_classes), name="top5_accuracy"),
+            keras.metrics.F1Score(average="macro", name="macro_f1"),
+        ],
+        jit_compile=train.jit_compile,
+    )
+    model.optimizer.build(candidate_trainable_variables(model))
+    return model
+
+
+def _set_precision(policy: str):
+    names = {"": "float32", "float32": "float32", "float16": "mixed_float16",
+             "bfloat16": "mixed_bfloat16"}
+    if policy not in names:
+        raise cfg.ConfigError(f"train.mixed_precision={policy!r} must be '', float16 or bfloat16")
+    keras.config.set_dtype_policy(names[policy])
+
+
+def _truncate_history(path: Path, epochs: int):
+    """Drops rows of epochs that were run after the last checkpoint (a killed run)."""
+    if not path.is_file():
+        return
+    with open(path) as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        return
+    keep = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) < epochs]
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows(keep)
+
+
+def run_classification(recipe: cfg.Recipe, run_dir: str | Path, resume: bool = False,
+                       verbose: int = 1) -> dict:
+    """Runs a classification recipe end to end into ``run_dir``; returns the summary dict."""
+    t0 = time.time()
+    run_dir = Path(run_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    if not resume and (ckpt_dir / "state.json").is_file():
+        raise cfg.ConfigError(f"{run_dir} already holds a run: pass --resume to continue it or "
+                              "--output to start a new one")
+    for sub in ("checkpoints", "plots", "logs", "export"):
+        (run_dir / sub).mkdir(parents=True, exist_ok=True)
+    cfg.save_json(recipe, run_dir / "config.json")
+    d, t = recipe.data, recipe.train
+    keras.utils.set_random_seed(t.seed)
+    _set_precision(t.mixed_precision)
+    try:
+        return _run(recipe, run_dir, ckpt_dir, resume, verbose, t0)
+    finally:
+        keras.config.set_dtype_policy("float32")
+
+
+def _run(recipe, run_dir, ckpt_dir, resume, verbose, t0):
+    d, m, t = recipe.data, recipe.model, recipe.train
+    data = prepare_data(d, run_dir, t.seed)
+    report = data.report.to_dict()
+    report.update({"class_names": data.class_names, "num_train": data.num_train,
+                   "num_val": data.num_val, "generated": data.generated, "root": d.root})
+    (run_dir / "data_report.json").write_text(json.dumps(report, indent=2))
+    if report.get("num_skipped"):
+        print(f"[kft] data: {report['num_skipped']} files skipped, "
+              f"{report.get('num_converted', 0)} converted (see data_report.json)")
+    num_classes = m.num_classes or len(data.class_names)
+    if num_classes != len(data.class_names):
+        raise cfg.ConfigError(f"model.num_classes={m.num_classes} but the data has "
+                              f"{len(data.class_names)} classes")
+
+    model = build_model(m, num_classes, d.image_size)
+    (ckpt_dir / "model_config.json").write_text(
+        json.dumps(keras.saving.serialize_keras_object(model)))
+    if m.load_from:
+        load_report = load_from(model, m.load_from, m.load_from_hash)
+        (run_dir / "load_report.json").write_text(json.dumps(load_report, indent=2))
+        print("[kft] " + summarize(load_report))
+
+    progressive = t.unfreeze_every > 0
+    if progressive:
+        initial = 0 if tuple(t.trainable_stages) in (("none",), ()) else len(
+            set_trainable_stages(model, t.trainable_stages))
+        unfreezer = ProgressiveUnfreeze(initial, t.unfreeze_every, t.unfreeze_per_round)
+    else:
+        set_trainable_stages(model, t.trainable_stages)
+
+    augment = ClassificationAugment(seed=t.seed) if d.augment else None
+    steps = data.num_train // t.batch_size
+    if steps < 1:
+        raise cfg.ConfigError(f"train.batch_size={t.batch_size} is larger than the training "
+                              f"split ({data.num_train} images)")
+    compile_model(model, t, steps, num_classes)
+
+    es = None
+    callbacks = [LearningRateLogger()]
+    if t.early_stopping_patience > 0:
+        es = ResumableEarlyStopping(monitor=t.monitor, mode="max" if "loss" not in t.monitor
+                                    else "min", patience=t.early_stopping_patience,
+                                    restore_best_weights=True, verbose=1)
+        callbacks.append(es)
+    nan_stop = StopOnNaN()
+    callbacks += [nan_stop, EpochCheckpoint(ckpt_dir, early_stopping=es)]
+    if progressive:
+        callbacks.append(unfreezer)
+
+    initial_epoch = 0
+    if resume:
+        state = restore_checkpoint(model, ckpt_dir, es)
+        if state is None:
+            print(f"[kft] --resume: no checkpoint in {ckpt_dir}, starting from epoch 1")
+        else:
+            initial_epoch = state["epoch"]
+            print(f"[kft] resuming after epoch {initial_epoch} (learning rate "
+                  f"{state['learning_rate']:.3g}, optimizer step {state['iterations']})")
+    _truncate_history(run_dir / "history.csv", initial_epoch)
+    callbacks += [keras.callbacks.CSVLogger(str(run_dir / "history.csv"),
+                                            append=initial_epoch > 0),
+                  keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs"))]
+
+    train_batches = classification_batches(
+        data.train_source, image_size=d.image_size, batch_size=t.batch_size,
+        num_classes=num_classes, training=True, seed=t.seed, augment=augment, cache=d.cache,
+        epochs=t.epochs, initial_epoch=initial_epoch, shuffle_buffer=d.shuffle_buffer)
+    val_batches = classification_batches(
+        data.val_source, image_size=d.image_size, batch_size=recipe.eval.batch_size,
+        num_classes=num_classes, training=False, seed=t.seed, cache=d.cache)
+
+    if initial_epoch < t.epochs:
+        model.fit(train_batches.dataset, steps_per_epoch=train_batches.steps, epochs=t.epochs,
+                  initial_epoch=initial_epoch, validation_data=val_batches.dataset,
+                  callbacks=callbacks, verbose=verbose)
+    if nan_stop.bad is not None:
+        epoch, batch, loss = nan_stop.bad
+        raise TrainingDiverged(
+            f"loss became {loss} at epoch {epoch + 1}, batch {batch + 1}: training stopped. "
+            f"The last good checkpoint is kept in {ckpt_dir}. Try a lower train.learning_rate, "
+            "train.clipnorm=5.0, or check the data (data_report.json).")
+    if es is not None and es.best_weights is not None:
+        model.set_weights(es.best_weights)
+        print(f"[kft] early stopping: restored the best weights (epoch {es.best_epoch + 1}, "
+              f"{t.monitor}={es.best:.4f})")
+
+    model.save(run_dir / "model.keras")
+    metrics = evaluate_classifier(model.predict_on_batch, val_batches.dataset, data.class_names)
+    metrics["generated_data"] = data.generated
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+
+    plots = {}
+    if recipe.eval.plots:
+        plots["confusion_matrix"] = str(run_dir / "plots" / "confusion_matrix.png")
+        plot_confusion_matrix(metrics["confusion_matrix"], data.class_names,
+                              plots["confusion_matrix"])
+        history = _read_history(run_dir / "history.csv")
+        if history:
+            plots["curves"] = str(run_dir / "plots" / "training_curves.png")
+            plot_history(history, plots["curves"])
+
+    export_report = None
+    if recipe.export.enabled and recipe.export.quantize:
+        from kft.export.tflite import export_and_report
+
+        rep = classification_batches(data.train_source, image_size=d.image_size, batch_size=1,
+                                     num_classes=num_classes, training=False, seed=t.seed)
+        rep_images = rep.dataset.map(lambda x, y: x).take(recipe.export.representative_samples)
+        export_report = export_and_report(model, run_dir / "export", rep_images,
+                                          val_batches.dataset, data.class_names,
+                                          formats=tuple(recipe.export.quantize))
+
+    summary = {
+        "run_dir": str(run_dir),
+        "epochs_run": t.epochs - initial_epoch,
+        "metrics": {k: metrics[k] for k in ("accuracy", "top5_accuracy", "macro_f1")},
+        "model": str(run_dir / "model.keras"),
+        "plots": plots,
+        "export": {k: v.get("path") for k, v in (export_report or {}).items()
+                   if isinstance(v, dict) and v.get("path")},
+        "seconds": round(time.time() - t0, 1),
+        "generated_data": data.generated,
+    }
+    _print_summary(summary, export_report)
+    return summary
+
+
+def _read_history(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    keys = [k for k in (rows[0].keys() if rows else []) if k != "epoch"]
+    out = {}
+    for k in keys:
+        values = []
+        for r in rows:
+            try:
+                values.append(float(r[k]))
+            except (TypeError, ValueError):
+                values.append(math.nan)
+        out[k] = values
+    return out
+
+
+def _print_summary(summary: dict, export_report: dict | None):
+    m = summary["metrics"]
+    print("\n==== kft run summary ====")
+    if summary["generated_data"]:
+        print("data:      GENERATED by kft (synthetic shapes), not real images")
+    print(f"accuracy:  {m['accuracy']:.4f}   top-5: {m['top5_accuracy']:.4f}   "
+          f"macro-F1: {m['macro_f1']:.4f}")
+    if export_report:
+        for fmt, r in export_report.items():
+            if isinstance(r, dict) and "accuracy" in r:
+                print(f"{fmt:9s}  accuracy {r['accuracy']:.4f}  size {r.get('size_mb', 0):.2f} MB"
+                      f"  latency {r.get('latency_ms', 0):.2f} ms")
+    print(f"run dir:   {summary['run_dir']}  ({summary['seconds']} s)")
+    print(f"model:     {summary['model']}")
+    for name, path in summary["plots"].items():
+        print(f"plot:      {path}")
+    for fmt, path in summary["export"].items():
+        print(f"export:    {path}")
