@@ -180,6 +180,7 @@ def _run(recipe, run_dir, ckpt_dir, resume, verbose, t0):
     report.update({"class_names": data.class_names, "num_train": data.num_train,
                    "num_val": data.num_val, "generated": data.generated, "root": d.root})
     (run_dir / "data_report.json").write_text(json.dumps(report, indent=2))
+    (run_dir / "class_names.json").write_text(json.dumps(data.class_names))
     if report.get("num_skipped"):
         print(f"[kft] data: {report['num_skipped']} files skipped, "
               f"{report.get('num_converted', 0)} converted (see data_report.json)")

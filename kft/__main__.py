@@ -1,0 +1,3 @@
+from kft.cli import main
+
+main()

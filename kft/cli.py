@@ -1,0 +1,156 @@
+"""The ``kft`` command: train / eval / export / predict.
+
+``kft train`` is ``python -m kft.run``. ``eval`` and ``export`` take a run directory (its
+``model.keras`` and ``config.json`` say what data and settings to use) or a ``.keras`` file with
+``--data``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from kft import config as cfg
+from kft.run import main as run_main
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main():
+    """kft: fine-tune pretrained vision models in Keras 3."""
+
+
+main.add_command(run_main, name="train")
+
+
+def _load_run(target: str, data_root: str | None, overrides=()):
+    """(model, recipe, run_dir) from a run directory or a ``.keras`` file (+ ``--data``)."""
+    import keras
+
+    path = Path(target)
+    if path.is_dir():
+        model_path, config_path = path / "model.keras", path / "config.json"
+        if not model_path.is_file():
+            raise cfg.ConfigError(f"{path}: no model.keras (did the run finish?)")
+        recipe = cfg.from_dict(json.loads(config_path.read_text())) if config_path.is_file() \
+            else cfg.Recipe()
+        run_dir = path
+    elif path.is_file():
+        model_path, recipe, run_dir = path, cfg.Recipe(), path.parent
+    else:
+        raise cfg.ConfigError(f"{target}: no such run directory or model file")
+    if data_root:
+        recipe = cfg.apply_overrides(recipe, [f"data.root={data_root}"])
+    recipe = cfg.apply_overrides(recipe, list(overrides))
+    if not recipe.data.root:
+        raise cfg.ConfigError("no data: pass --data ROOT (an image folder or tfds:name)")
+    model = keras.saving.load_model(model_path)
+    size = model.input_shape[1]
+    if recipe.data.image_size != size:
+        recipe = cfg.apply_overrides(recipe, [f"data.image_size={size}"])
+    return model, recipe, run_dir
+
+
+def _val_batches(recipe, data, num_classes):
+    from kft.data import classification_batches
+
+    return classification_batches(data.val_source, image_size=recipe.data.image_size,
+                                  batch_size=recipe.eval.batch_size, num_classes=num_classes,
+                                  training=False, seed=recipe.train.seed)
+
+
+def _fail(e: Exception):
+    click.echo(f"kft: error: {e}", err=True)
+    sys.exit(2)
+
+
+@main.command("eval")
+@click.argument("target")
+@click.option("--data", "data_root", default=None, help="Image folder or tfds:name to evaluate on.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
+@click.option("--output", "-o", default=None, help="Where to write the metrics JSON.")
+def eval_cmd(target, data_root, overrides, output):
+    """Re-evaluate a saved run or model on its validation split."""
+    from kft.eval.classification import evaluate_classifier
+    from kft.train.classify import prepare_data
+
+    try:
+        model, recipe, run_dir = _load_run(target, data_root, overrides)
+        data = prepare_data(recipe.data, run_dir, recipe.train.seed)
+        val = _val_batches(recipe, data, len(data.class_names))
+        metrics = evaluate_classifier(model.predict_on_batch, val.dataset, data.class_names)
+    except (cfg.ConfigError, ValueError, FileNotFoundError) as e:
+        _fail(e)
+    out = Path(output) if output else run_dir / "metrics_eval.json"
+    out.write_text(json.dumps(metrics, indent=2))
+    click.echo(f"accuracy {metrics['accuracy']:.4f}  top-5 {metrics['top5_accuracy']:.4f}  "
+               f"macro-F1 {metrics['macro_f1']:.4f}  ({metrics['num_examples']} images) -> {out}")
+
+
+@main.command("export")
+@click.argument("target")
+@click.option("--data", "data_root", default=None, help="Data for calibration and comparison.")
+@click.option("--formats", default="float32,float16,int8", show_default=True)
+@click.option("--samples", default=100, show_default=True, help="Representative images for INT8.")
+@click.option("--output", "-o", default=None, help="Export directory (default RUN/export).")
+def export_cmd(target, data_root, formats, samples, output):
+    """Export a saved run or model to TFLite (float32 / float16 / full-integer INT8)."""
+    from kft.data import classification_batches
+    from kft.export.tflite import export_and_report
+    from kft.train.classify import prepare_data
+
+    try:
+        model, recipe, run_dir = _load_run(target, data_root)
+        data = prepare_data(recipe.data, run_dir, recipe.train.seed)
+        n = len(data.class_names)
+        rep = classification_batches(data.train_source, image_size=recipe.data.image_size,
+                                     batch_size=1, num_classes=n, training=False,
+                                     seed=recipe.train.seed)
+        rep_images = rep.dataset.map(lambda x, y: x).take(samples)
+        out = Path(output) if output else run_dir / "export"
+        report = export_and_report(model, out, rep_images, _val_batches(recipe, data, n).dataset,
+                                   data.class_names,
+                                   formats=tuple(f.strip() for f in formats.split(",")))
+    except (cfg.ConfigError, ValueError, FileNotFoundError) as e:
+        _fail(e)
+    click.echo(json.dumps(report, indent=2))
+
+
+@main.command("predict")
+@click.argument("model_path", type=click.Path(exists=True, dir_okay=True))
+@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--top-k", default=3, show_default=True)
+def predict_cmd(model_path, images, top_k):
+    """Classify image files with a saved model (a run directory or .keras); prints JSON."""
+    import keras
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    path = Path(model_path)
+    names_file = (path if path.is_dir() else path.parent) / "class_names.json"
+    model = keras.saving.load_model(path / "model.keras" if path.is_dir() else path)
+    names = json.loads(names_file.read_text()) if names_file.is_file() else None
+    h, w = model.input_shape[1:3]
+    results = []
+    for image_path in images:
+        try:
+            with Image.open(image_path) as im:
+                im = ImageOps.exif_transpose(im).convert("RGB").resize((w, h), Image.BILINEAR)
+                x = np.asarray(im, dtype="float32")[None]
+        except OSError as e:
+            results.append({"image": image_path, "error": f"cannot read image: {e}"})
+            continue
+        logits = model.predict_on_batch(x)[0]
+        probs = np.exp(logits - logits.max())
+        probs /= probs.sum()
+        top = np.argsort(-probs)[:top_k]
+        results.append({"image": image_path, "top": [
+            {"label": int(i), "class": names[i] if names else str(i), "prob": float(probs[i])}
+            for i in top]})
+    click.echo(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

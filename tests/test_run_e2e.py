@@ -1,0 +1,135 @@
+"""End-to-end runs through ``python -m kft.run`` / ``run_recipe`` on data the tests generate."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from kft import config as cfg
+from kft.data import make_shapes_classification
+from kft.run import run_recipe
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shapes")
+    make_shapes_classification(root, classes=("circle", "square", "triangle"), per_class=24,
+                               val_per_class=8, image_size=64, seed=0)
+    return root
+
+
+def _recipe(root, **train):
+    base = cfg.Recipe(
+        name="e2e",
+        data=cfg.Data(root=str(root), image_size=64, augment=True),
+        model=cfg.Model(arch="resnet_tiny"),
+        train=cfg.Train(epochs=2, batch_size=12, optimizer="adamw", learning_rate=3e-3,
+                        schedule="cosine_restarts", restart_epochs=1, clipnorm=5.0,
+                        label_smoothing=0.1, seed=0),
+        export=cfg.Export(quantize=("float32", "int8"), representative_samples=16),
+    )
+    return cfg.apply_overrides(base, [f"train.{k}={v}" for k, v in train.items()])
+
+
+def test_run_writes_the_whole_run_directory(shapes, tmp_path):
+    summary = run_recipe(_recipe(shapes), tmp_path / "run", verbose=0)
+    run = tmp_path / "run"
+    for name in ["config.json", "history.csv", "metrics.json", "model.keras", "data_report.json",
+                 "checkpoints/state.json", "export/report.json", "export/model_int8.tflite",
+                 "export/model_float32.tflite", "plots/confusion_matrix.png",
+                 "plots/training_curves.png", "class_names.json"]:
+        assert (run / name).is_file(), name
+    assert any((run / "logs").rglob("*tfevents*"))
+    history = (run / "history.csv").read_text().strip().splitlines()
+    assert len(history) == 3 and "learning_rate" in history[0] and "val_macro_f1" in history[0]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert set(metrics["per_class"]) == {"circle", "square", "triangle"}
+    assert summary["metrics"]["accuracy"] == metrics["accuracy"]
+    assert json.loads((run / "config.json").read_text())["train"]["epochs"] == 2
+    # A second run into the same directory without --resume is refused.
+    with pytest.raises(cfg.ConfigError, match="--resume"):
+        run_recipe(_recipe(shapes), run, verbose=0)
+
+
+def _kft_run(args, **kw):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+    return subprocess.Popen([sys.executable, "-m", "kft.run", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def _recipe_file(tmp_path, root):
+    path = tmp_path / "resume_recipe.py"
+    path.write_text(
+        "from kft.config import *\n"
+        f"RECIPE = Recipe(name='resume', data=Data(root={str(root)!r}, image_size=64),\n"
+        "    model=Model(arch='resnet_tiny'),\n"
+        "    train=Train(epochs=4, batch_size=6, optimizer='sgd', learning_rate=0.02,\n"
+        "                schedule='step', step_epochs=1, gamma=0.5, seed=3),\n"
+        "    export=Export(enabled=False))\n")
+    return path
+
+
+def test_sigkill_then_resume_matches_an_uninterrupted_run(shapes, tmp_path):
+    recipe = _recipe_file(tmp_path, shapes)
+    full = _kft_run([str(recipe), "--output", str(tmp_path / "full"), "--quiet"])
+    out, _ = full.communicate(timeout=600)
+    assert full.returncode == 0, out
+
+    killed = _kft_run([str(recipe), "--output", str(tmp_path / "killed"), "--quiet"])
+    state = tmp_path / "killed" / "checkpoints" / "state.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (state.is_file() and
+                                          json.loads(state.read_text())["epoch"] >= 2):
+        time.sleep(0.05)
+    time.sleep(0.3)  # into epoch 3
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    done = json.loads(state.read_text())["epoch"]
+    assert 2 <= done < 4, f"kill landed after epoch {done}"
+
+    resumed = _kft_run([str(recipe), "--output", str(tmp_path / "killed"), "--resume", "--quiet"])
+    out, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, out
+    assert f"resuming after epoch {done}" in out
+    # The right learning rate: step decay halves it every epoch.
+    assert f"learning rate {0.02 * 0.5 ** done:.3g}" in out
+
+    a = keras.saving.load_model(tmp_path / "full" / "model.keras")
+    b = keras.saving.load_model(tmp_path / "killed" / "model.keras")
+    for va, vb in zip(a.weights, b.weights, strict=True):
+        np.testing.assert_allclose(va.numpy(), vb.numpy(), rtol=1e-4, atol=1e-5, err_msg=va.path)
+    rows = (tmp_path / "killed" / "history.csv").read_text().strip().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["0", "1", "2", "3"]
+
+
+def test_pretrained_on_other_classes_beats_scratch(tmp_path):
+    """Fine-tuning from a checkpoint trained on other classes beats training from scratch when
+    the target task has few images per class."""
+    source = tmp_path / "source"
+    target = tmp_path / "target"
+    make_shapes_classification(source, classes=("circle", "square", "triangle"),
+                               per_class=60, val_per_class=10, image_size=64, seed=1)
+    make_shapes_classification(target, classes=("cross", "ring", "star"), per_class=6,
+                               val_per_class=30, image_size=64, seed=2)
+    pre = _recipe(source, epochs=8, batch_size=16)
+    pre = cfg.apply_overrides(pre, ["export.enabled=false"])
+    run_recipe(pre, tmp_path / "pretrain", verbose=0)
+
+    few = cfg.apply_overrides(_recipe(target, epochs=10, batch_size=6, learning_rate=1e-3),
+                              ["export.enabled=false", "eval.plots=false"])
+    scratch = run_recipe(few, tmp_path / "scratch", verbose=0)["metrics"]["accuracy"]
+    tuned_recipe = cfg.apply_overrides(few, [f"model.load_from={tmp_path / 'pretrain'}"])
+    tuned = run_recipe(tuned_recipe, tmp_path / "tuned", verbose=0)["metrics"]["accuracy"]
+    report = json.loads((tmp_path / "tuned" / "load_report.json").read_text())
+    assert {m["path"] for m in report["shape_mismatch"]} == {"predictions/kernel",
+                                                             "predictions/bias"}
+    assert tuned >= scratch + 0.15, (tuned, scratch)

@@ -1,0 +1,95 @@
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from kft.train.callbacks import (
+    EpochCheckpoint,
+    LearningRateLogger,
+    ResumableEarlyStopping,
+    StopOnNaN,
+    read_state,
+    restore_checkpoint,
+)
+
+
+def _model(lr=0.05):
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((3,))
+    out = keras.layers.Dense(1, name="out")(keras.layers.Dense(8, name="h")(inp))
+    model = keras.Model(inp, out)
+    model.compile(keras.optimizers.SGD(lr, momentum=0.9), "mse")
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
+def _data():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 3)).astype("float32")
+    return x, x.sum(axis=1, keepdims=True)
+
+
+def test_checkpoint_commits_state_and_restores_optimizer(tmp_path):
+    x, y = _data()
+    model = _model()
+    model.fit(x, y, epochs=2, batch_size=8, verbose=0, callbacks=[EpochCheckpoint(tmp_path)])
+    state = read_state(tmp_path)
+    assert state["epoch"] == 2 and state["iterations"] == 8
+    assert sorted(p.name for p in tmp_path.glob("*.weights.h5")) == ["epoch-0002.weights.h5"]
+    assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob("partial-*"))
+
+    fresh = _model()
+    assert restore_checkpoint(fresh, tmp_path)["epoch"] == 2
+    for a, b in zip(model.weights + model.optimizer.variables,
+                    fresh.weights + fresh.optimizer.variables, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_no_checkpoint_means_none(tmp_path):
+    assert restore_checkpoint(_model(), tmp_path) is None
+
+
+def test_state_names_a_missing_file(tmp_path):
+    (tmp_path / "state.json").write_text(json.dumps({"epoch": 1, "weights": "gone.weights.h5"}))
+    with pytest.raises(FileNotFoundError, match="gone.weights.h5"):
+        restore_checkpoint(_model(), tmp_path)
+
+
+def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path):
+    x, y = _data()
+    model = _model()
+    nan = StopOnNaN()
+    ckpt = EpochCheckpoint(tmp_path)
+    model.fit(x, y, epochs=1, batch_size=8, verbose=0, callbacks=[nan, ckpt])
+    good = {v.path: v.numpy().copy() for v in model.weights}
+    y_bad = y.copy()
+    y_bad[5] = np.inf
+    model.fit(x, y_bad, epochs=3, initial_epoch=1, batch_size=8, verbose=0, callbacks=[nan, ckpt])
+    assert nan.bad is not None and nan.bad[0] == 1 and not np.isfinite(nan.bad[2])
+    assert read_state(tmp_path)["epoch"] == 1  # the diverged epoch was not written
+    fresh = _model()
+    restore_checkpoint(fresh, tmp_path)
+    for v in fresh.weights:
+        np.testing.assert_array_equal(v.numpy(), good[v.path])
+
+
+def test_learning_rate_logged_and_early_stopping_state_resumes(tmp_path):
+    x, y = _data()
+    model = _model()
+    schedule = keras.optimizers.schedules.ExponentialDecay(0.05, 4, 0.5, staircase=True)
+    model.compile(keras.optimizers.SGD(schedule), "mse")
+    es = ResumableEarlyStopping(monitor="loss", mode="min", patience=3,
+                                restore_best_weights=True)
+    history = model.fit(x, y, epochs=2, batch_size=8, verbose=0,
+                        callbacks=[LearningRateLogger(), es, EpochCheckpoint(tmp_path, es)])
+    assert history.history["learning_rate"] == pytest.approx([0.025, 0.0125])
+    state = read_state(tmp_path)["early_stopping"]
+    assert state["best"] == pytest.approx(history.history["loss"][1])
+    es2 = ResumableEarlyStopping(monitor="loss", mode="min", patience=3,
+                                 restore_best_weights=True)
+    restore_checkpoint(model, tmp_path, es2)
+    es2.set_model(model)
+    es2.on_train_begin()
+    assert es2.best == pytest.approx(state["best"]) and es2.best_epoch == 1
+    assert len(es2.best_weights) == len(model.get_weights())
