@@ -15,7 +15,7 @@ RECIPE = Recipe(
     data=Data(root="data/generated/shapes_cls", generate="shapes", image_size=64, augment=True),
     model=Model(arch="resnet_tiny", head="linear"),
     train=Train(
-        epochs=12,
+        epochs=28,  # three cosine cycles: 4 + 8 + 16 epochs
         batch_size=32,
         optimizer="adamw",
         learning_rate=3e-3,
@@ -27,7 +27,7 @@ RECIPE = Recipe(
         min_lr=1e-5,
         warmup_steps=20,
         clipnorm=5.0,
-        early_stopping_patience=5,
+        early_stopping_patience=12,  # longer than a restart cycle, or a warm restart ends the run
     ),
     export=Export(quantize=("float32", "int8"), representative_samples=100),
 )

@@ -1,0 +1,103 @@
+"""read_image_folder: layouts, stratified split, and a folder full of broken files."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from kft.data import DataReport, classification_batches, read_image_folder
+from kft.data.readers.folder import stratified_split
+
+
+def _write_class(folder, n, seed=0, ext="png"):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        arr = rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)
+        Image.fromarray(arr).save(folder / f"img_{i:03d}.{ext}")
+
+
+def test_broken_folder_is_reported_and_the_pipeline_completes(tmp_path, broken_files,
+                                                               stray_files):
+    root = tmp_path / "data"
+    files = broken_files(root / "train" / "zebra")
+    strays = stray_files(root / "train" / "zebra")
+    _write_class(root / "train" / "ant", 5)
+    _write_class(root / "val" / "ant", 2, seed=1)
+    _write_class(root / "val" / "zebra", 1, seed=2, ext="jpg")
+    (root / "train" / "loose.jpg").write_bytes(b"")  # outside any class folder
+    report = DataReport()
+    train, val = read_image_folder(root, report=report, cache_dir=tmp_path / "cache")
+
+    assert train.class_names == ["ant", "zebra"]
+    data = report.to_dict()
+    skipped = {e["path"]: e["reason"] for e in data["skipped"]}
+    converted = {e["path"]: e["reason"] for e in data["converted"]}
+    used = set(train.sources)
+    for kind, (path, expected) in files.items():
+        path = str(path)
+        if expected == "skipped":
+            assert path in skipped and path not in used, kind
+        else:
+            assert path in used, (kind, skipped.get(path))
+            assert (path in converted) == (expected == "converted"), kind
+    for path in strays:
+        assert "not an image file" in skipped[str(path)]
+    assert "outside any class folder" in skipped[str(root / "train" / "loose.jpg")]
+    usable = sum(e != "skipped" for _, e in files.values())
+    assert len(train) == 5 + usable and len(val) == 3
+    assert data["counts"]["train_images"] == len(train)
+
+    # Every usable file goes through the real tf.data pipeline without an error.
+    batches = classification_batches(train, image_size=8, batch_size=4, num_classes=2,
+                                     training=False, seed=0)
+    seen = sum(int(x.shape[0]) for x, _ in batches.dataset)
+    assert seen == len(train) and batches.steps == -(-len(train) // 4)
+    training = classification_batches(train, image_size=8, batch_size=4, num_classes=2,
+                                      training=True, seed=0, epochs=2)
+    assert sum(1 for _ in training.dataset) == 2 * (len(train) // 4)
+
+
+def test_stratified_split_keeps_every_class_in_training():
+    labels = [0] * 1 + [1] * 2 + [2] * 10 + [3] * 25
+    train, val = stratified_split(labels, 0.1, seed=3)
+    assert sorted(train + val) == list(range(len(labels)))
+    per_class_val = np.bincount(np.asarray(labels)[val], minlength=4).tolist()
+    assert per_class_val == [0, 1, 1, 3]
+    assert stratified_split(labels, 0.1, seed=3) == (train, val)
+    assert stratified_split(labels, 0.1, seed=4)[1] != val
+    assert stratified_split(labels, 0.0, seed=3) == (list(range(len(labels))), [])
+    with pytest.raises(ValueError, match="val_fraction"):
+        stratified_split(labels, 1.0, seed=0)
+
+
+def test_split_without_val_folder_and_flat_layout(tmp_path):
+    for name, n in (("cat", 10), ("dog", 20), ("solo", 1)):
+        _write_class(tmp_path / "a" / "train" / name, n)
+        _write_class(tmp_path / "b" / name, n)
+    train, val = read_image_folder(tmp_path / "a", val_fraction=0.1, seed=0,
+                                   cache_dir=tmp_path / "cache")
+    assert train.class_names == ["cat", "dog", "solo"]
+    assert np.bincount(val.labels, minlength=3).tolist() == [1, 2, 0]
+    assert np.bincount(train.labels, minlength=3).tolist() == [9, 18, 1]
+    assert not set(train.paths) & set(val.paths)
+    again = read_image_folder(tmp_path / "a", val_fraction=0.1, seed=0)
+    assert again[1].paths == val.paths
+    flat_train, flat_val = read_image_folder(tmp_path / "b", val_fraction=0.1, seed=0)
+    assert flat_train.class_names == ["cat", "dog", "solo"]
+    assert [p.split("/")[-2:] for p in flat_val.paths] == [p.split("/")[-2:] for p in val.paths]
+
+
+def test_layout_errors_name_the_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing"):
+        read_image_folder(tmp_path / "missing")
+    _write_class(tmp_path / "x" / "train" / "cat", 2)
+    _write_class(tmp_path / "x" / "val" / "cow", 2)
+    with pytest.raises(ValueError, match="cow"):
+        read_image_folder(tmp_path / "x")
+    (tmp_path / "empty" / "train").mkdir(parents=True)
+    with pytest.raises(ValueError, match="no class folders"):
+        read_image_folder(tmp_path / "empty")
+    (tmp_path / "bad" / "train" / "cat").mkdir(parents=True)
+    (tmp_path / "bad" / "train" / "cat" / "a.png").write_text("text")
+    with pytest.raises(ValueError, match="no usable training images"):
+        read_image_folder(tmp_path / "bad", cache_dir=tmp_path / "cache")
