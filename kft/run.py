@@ -42,8 +42,8 @@ def resolve(recipe_path: str, overrides, output: str | None, resume: bool) -> cf
 @click.option("--quiet", is_flag=True, help="One line per epoch instead of progress bars.")
 def main(recipe_path, overrides, output, resume, quiet):
     """Run a kft recipe: train, evaluate and export into a run directory."""
-    from kft.train.classify import TrainingDiverged
     from kft.models.weights import WeightsError
+    from kft.train.classify import TrainingDiverged
 
     try:
         recipe = resolve(recipe_path, overrides, output, resume)

@@ -116,20 +116,21 @@ def test_pretrained_on_other_classes_beats_scratch(tmp_path):
     the target task has few images per class."""
     source = tmp_path / "source"
     target = tmp_path / "target"
-    make_shapes_classification(source, classes=("circle", "square", "triangle"),
-                               per_class=60, val_per_class=10, image_size=64, seed=1)
-    make_shapes_classification(target, classes=("cross", "ring", "star"), per_class=6,
-                               val_per_class=30, image_size=64, seed=2)
-    pre = _recipe(source, epochs=8, batch_size=16)
-    pre = cfg.apply_overrides(pre, ["export.enabled=false"])
+    make_shapes_classification(source, classes=("circle", "square", "triangle", "cross"),
+                               per_class=100, val_per_class=10, image_size=32, seed=1)
+    make_shapes_classification(target, classes=("ring", "star"), per_class=8,
+                               val_per_class=40, image_size=32, seed=2)
+    pre = cfg.apply_overrides(_recipe(source, epochs=40, batch_size=32, restart_epochs=40),
+                              ["export.enabled=false", "eval.plots=false", "data.image_size=32"])
     run_recipe(pre, tmp_path / "pretrain", verbose=0)
 
-    few = cfg.apply_overrides(_recipe(target, epochs=10, batch_size=6, learning_rate=1e-3),
-                              ["export.enabled=false", "eval.plots=false"])
+    few = cfg.apply_overrides(_recipe(target, epochs=20, batch_size=8, learning_rate=1e-3,
+                                      restart_epochs=20),
+                              ["export.enabled=false", "eval.plots=false", "data.image_size=32"])
     scratch = run_recipe(few, tmp_path / "scratch", verbose=0)["metrics"]["accuracy"]
     tuned_recipe = cfg.apply_overrides(few, [f"model.load_from={tmp_path / 'pretrain'}"])
     tuned = run_recipe(tuned_recipe, tmp_path / "tuned", verbose=0)["metrics"]["accuracy"]
     report = json.loads((tmp_path / "tuned" / "load_report.json").read_text())
     assert {m["path"] for m in report["shape_mismatch"]} == {"predictions/kernel",
                                                              "predictions/bias"}
-    assert tuned >= scratch + 0.15, (tuned, scratch)
+    assert tuned >= scratch + 0.2, (tuned, scratch)

@@ -93,7 +93,8 @@ def prepare_data(data: cfg.Data, run_dir: Path, seed: int) -> ClassificationData
         raise cfg.ConfigError(f"data.root={root!r} is not a directory")
     generated = generated or (Path(root) / "GENERATED.txt").is_file()
     train, val = read_image_folder(root, val_fraction=data.val_fraction, seed=seed, report=report,
-                                   cache_dir=run_dir / "cache" / "converted")
+                                   cache_dir=run_dir / "cache" / "converted",
+                                   min_side=data.min_side)
     if generated:
         print("[kft] NOTE: training on generated data (GENERATED.txt in data.root)")
     return ClassificationData(train, val, list(train.class_names), len(train.paths),
@@ -164,7 +165,7 @@ def run_classification(recipe: cfg.Recipe, run_dir: str | Path, resume: bool = F
     for sub in ("checkpoints", "plots", "logs", "export"):
         (run_dir / sub).mkdir(parents=True, exist_ok=True)
     cfg.save_json(recipe, run_dir / "config.json")
-    d, t = recipe.data, recipe.train
+    t = recipe.train
     keras.utils.set_random_seed(t.seed)
     _set_precision(t.mixed_precision)
     try:
@@ -293,8 +294,8 @@ def _run(recipe, run_dir, ckpt_dir, resume, verbose, t0):
         "metrics": {k: metrics[k] for k in ("accuracy", "top5_accuracy", "macro_f1")},
         "model": str(run_dir / "model.keras"),
         "plots": plots,
-        "export": {k: v.get("path") for k, v in (export_report or {}).items()
-                   if isinstance(v, dict) and v.get("path")},
+        "export": {k: str(run_dir / "export" / v["path"]) for k, v in
+                   (export_report or {}).items() if isinstance(v, dict) and v.get("path")},
         "seconds": round(time.time() - t0, 1),
         "generated_data": data.generated,
     }
@@ -334,7 +335,7 @@ def _print_summary(summary: dict, export_report: dict | None):
                       f"  latency {r.get('latency_ms', 0):.2f} ms")
     print(f"run dir:   {summary['run_dir']}  ({summary['seconds']} s)")
     print(f"model:     {summary['model']}")
-    for name, path in summary["plots"].items():
+    for path in summary["plots"].values():
         print(f"plot:      {path}")
-    for fmt, path in summary["export"].items():
+    for path in summary["export"].values():
         print(f"export:    {path}")

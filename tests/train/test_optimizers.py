@@ -16,7 +16,7 @@ def _one_step(optimizer):
     model = _two_layer_model()
     before = {v.path: v.numpy().copy() for v in model.trainable_weights}
     grads = [keras.ops.ones_like(v) for v in model.trainable_weights]
-    optimizer.apply_gradients(zip(grads, model.trainable_weights))
+    optimizer.apply_gradients(zip(grads, model.trainable_weights, strict=True))
     return {v.path: before[v.path] - v.numpy() for v in model.trainable_weights}
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 
-import keras
 import keras_hub
 
 # Depth -> (block type, blocks per stage). Filters are the torchvision widths; keras-hub's
