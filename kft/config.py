@@ -95,7 +95,6 @@ class Train:
     layer_lrs: dict[str, float] = field(default_factory=dict)  # T2: {"layer4": 1e-4}
     early_stopping_patience: int = 0  # T7: 0 disables
     monitor: str = "val_macro_f1"
-    steps_per_epoch: int = 0  # 0: one pass over the training split
     jit_compile: bool = False
 
 

@@ -97,3 +97,9 @@ def test_keras_applications_resnet50_file(tmp_path):
     np.testing.assert_allclose(ours(x), theirs(x), atol=1e-3)
     with pytest.raises(WeightsError, match="ResNet-50/101/152"):
         load_from(_tiny(3), str(path))
+
+
+def test_missing_preset_fails_with_a_clear_error(tmp_path):
+    with pytest.raises(WeightsError, match="(?s)model.preset=.*local preset folder"):
+        ResNetClassifier.from_arch("resnet_tiny", num_classes=3, image_size=64,
+                                   preset=str(tmp_path / "no_such_preset"))

@@ -50,7 +50,16 @@ def build_resnet_backbone(arch: str, image_size: int | tuple[int, int], preset: 
     """
     h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
     if preset:
-        return keras_hub.models.Backbone.from_preset(preset, image_shape=(h, w, 3))
+        try:
+            return keras_hub.models.Backbone.from_preset(preset, image_shape=(h, w, 3))
+        except Exception as e:  # noqa: BLE001 - network, missing folder or bad files
+            from kft.models.weights import WeightsError
+
+            raise WeightsError(
+                f"model.preset={preset!r}: cannot load the keras-hub preset ({e}). A preset name "
+                "is downloaded once and needs network; offline, pass a local preset folder "
+                "(Backbone.save_to_preset) or set model.preset='' and use model.load_from."
+            ) from e
     if arch not in RESNET_ARCHS:
         raise ValueError(f"model.arch={arch!r} is not one of {sorted(RESNET_ARCHS)}")
     block_type, blocks = RESNET_ARCHS[arch]
