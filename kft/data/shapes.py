@@ -57,19 +57,35 @@ def _polygon(kind: str, cx: float, cy: float, r: float, angle: float) -> list[tu
     raise ValueError(f"unknown shape {kind!r}")
 
 
-def _shape_mask(kind: str, size: tuple[int, int], cx, cy, r, angle) -> np.ndarray:
-    """Boolean ``[H, W]`` mask of one shape."""
+def shape_coverage(kind: str, size: tuple[int, int], cx: float, cy: float, r: float,
+                   angle: float, supersample: int = 1) -> np.ndarray:
+    """float32 ``[H, W]`` in 0..1: how much of each pixel the shape covers.
+
+    ``supersample`` > 1 draws at that many times the resolution and box-filters down, which
+    antialiases the edges (the classification images use 4).
+    """
     h, w = size
-    img = Image.new("L", (w, h), 0)
+    k = max(int(supersample), 1)
+    img = Image.new("L", (w * k, h * k), 0)
     draw = ImageDraw.Draw(img)
+    cx, cy, r = cx * k, cy * k, r * k
     if kind == "circle":
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
     elif kind == "ring":
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
         draw.ellipse([cx - r * 0.55, cy - r * 0.55, cx + r * 0.55, cy + r * 0.55], fill=0)
-    else:
+    elif kind in SHAPE_CLASSES:
         draw.polygon(_polygon(kind, cx, cy, r, angle), fill=255)
-    return np.asarray(img) > 127
+    else:
+        raise ValueError(f"unknown shape {kind!r}: choose from {SHAPE_CLASSES}")
+    if k > 1:
+        img = img.resize((w, h), Image.Resampling.BOX)
+    return np.asarray(img, dtype=np.float32) / 255.0
+
+
+def _shape_mask(kind: str, size: tuple[int, int], cx, cy, r, angle) -> np.ndarray:
+    """Boolean ``[H, W]`` mask of one shape."""
+    return shape_coverage(kind, size, cx, cy, r, angle) > 0.5
 
 
 def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:

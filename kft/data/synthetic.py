@@ -14,7 +14,9 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
+
+from kft.data.shapes import shape_coverage
 
 SHAPES = ("circle", "square", "triangle", "cross", "ring", "star")
 _SUPERSAMPLE = 4
@@ -30,54 +32,13 @@ image size: {image_size}x{image_size}, seed: {seed}
 """
 
 
-def _polygon(cx, cy, radius, angle, n, inner=None):
-    """Vertices of a regular polygon (or a star when ``inner`` radius is given)."""
-    points = []
-    steps = 2 * n if inner else n
-    for k in range(steps):
-        r = inner if inner and k % 2 else radius
-        a = angle + 2 * math.pi * k / steps
-        points.append((cx + r * math.cos(a), cy + r * math.sin(a)))
-    return points
-
-
-def _cross(cx, cy, radius, angle):
-    """Two rotated bars of half-length ``radius`` and half-width ``0.3 * radius``."""
-    bars = []
-    for a in (angle, angle + math.pi / 2):
-        c, s = math.cos(a), math.sin(a)
-        w = 0.3 * radius
-        corners = [(radius, w), (-radius, w), (-radius, -w), (radius, -w)]
-        bars.append([(cx + x * c - y * s, cy + x * s + y * c) for x, y in corners])
-    return bars
-
-
 def shape_mask(name: str, size: int, cx: float, cy: float, radius: float,
                angle: float) -> np.ndarray:
-    """float32 [size, size] in 0..1: antialiased coverage of the shape."""
-    big = size * _SUPERSAMPLE
-    cx, cy, radius = cx * _SUPERSAMPLE, cy * _SUPERSAMPLE, radius * _SUPERSAMPLE
-    canvas = Image.new("L", (big, big), 0)
-    draw = ImageDraw.Draw(canvas)
-    if name == "circle":
-        draw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], fill=255)
-    elif name == "ring":
-        draw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], fill=255)
-        hole = 0.55 * radius
-        draw.ellipse([cx - hole, cy - hole, cx + hole, cy + hole], fill=0)
-    elif name == "square":
-        draw.polygon(_polygon(cx, cy, radius, angle, 4), fill=255)
-    elif name == "triangle":
-        draw.polygon(_polygon(cx, cy, radius, angle, 3), fill=255)
-    elif name == "star":
-        draw.polygon(_polygon(cx, cy, radius, angle, 5, inner=0.42 * radius), fill=255)
-    elif name == "cross":
-        for bar in _cross(cx, cy, radius, angle):
-            draw.polygon(bar, fill=255)
-    else:
+    """float32 [size, size] in 0..1: antialiased coverage of the shape (drawn by
+    :func:`kft.data.shapes.shape_coverage`, the detection dataset's shapes)."""
+    if name not in SHAPES:
         raise ValueError(f"unknown shape '{name}': choose from {SHAPES}")
-    small = canvas.resize((size, size), Image.Resampling.BOX)
-    return np.asarray(small, dtype=np.float32) / 255.0
+    return shape_coverage(name, (size, size), cx, cy, radius, angle, supersample=_SUPERSAMPLE)
 
 
 def _background(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:

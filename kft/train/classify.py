@@ -250,7 +250,8 @@ def _run(recipe, run_dir, ckpt_dir, resume, verbose, t0):
     if initial_epoch < t.epochs:
         model.fit(train_batches.dataset, steps_per_epoch=train_batches.steps, epochs=t.epochs,
                   initial_epoch=initial_epoch, validation_data=val_batches.dataset,
-                  callbacks=callbacks, verbose=verbose)
+                  callbacks=callbacks, verbose=verbose,
+                  shuffle=False)  # the pipeline shuffles, seeded per epoch
     if nan_stop.bad is not None:
         epoch, batch, loss = nan_stop.bad
         raise TrainingDiverged(
