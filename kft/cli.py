@@ -152,5 +152,9 @@ def predict_cmd(model_path, images, top_k):
     click.echo(json.dumps(results, indent=2))
 
 
+from kft.cli_data import data as data_group  # noqa: E402
+
+main.add_command(data_group, name="data")
+
 if __name__ == "__main__":
     main()
