@@ -79,3 +79,23 @@ def test_download_true_prepares_a_missing_dataset(tmp_path):
     ds, class_names, n = load_tfds(NAME, data_dir=tmp_path / "fresh", split="test",
                                    download=True)
     assert n == 6 and len(list(ds)) == 6 and class_names == CLASSES
+
+
+def test_recipe_runs_on_tfds_by_name(prepared, tmp_path):
+    """`data.root=tfds:<name>` with `data.tfds_data_dir` drives a whole run offline."""
+    import json
+
+    from kft import config as cfg
+    from kft.run import run_recipe
+
+    recipe = cfg.apply_overrides(cfg.Recipe(name="tfds"), [
+        f"data.root=tfds:{NAME}", f"data.tfds_data_dir={prepared}", "data.image_size=32",
+        "data.train_split=train", "data.val_split=test", "model.arch=resnet_tiny",
+        "train.epochs=1", "train.batch_size=3", "train.optimizer=adam",
+        "train.learning_rate=0.001", "export.enabled=false", "eval.plots=false"])
+    summary = run_recipe(recipe, tmp_path / "run", verbose=0)
+    report = json.loads((tmp_path / "run" / "data_report.json").read_text())
+    assert report["class_names"] == CLASSES
+    assert (report["num_train"], report["num_val"]) == (9, 6)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["num_examples"] == 6 and summary["epochs_run"] == 1
