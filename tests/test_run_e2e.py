@@ -134,3 +134,18 @@ def test_pretrained_on_other_classes_beats_scratch(tmp_path):
     assert {m["path"] for m in report["shape_mismatch"]} == {"predictions/kernel",
                                                              "predictions/bias"}
     assert tuned >= scratch + 0.2, (tuned, scratch)
+
+
+def test_quickstart_recipe_int8_within_one_point(tmp_path):
+    """The README's quick start: generated data, whole run dir, INT8 within 1 point of Keras."""
+    recipe = cfg.load_recipe(REPO / "recipes" / "quickstart_classify.py")
+    recipe = cfg.apply_overrides(recipe, [f"data.root={tmp_path / 'shapes'}"])
+    summary = run_recipe(recipe, tmp_path / "run", verbose=0)
+    assert summary["generated_data"] is True
+    assert (tmp_path / "shapes" / "GENERATED.txt").is_file()
+    report = json.loads((tmp_path / "run" / "export" / "report.json").read_text())
+    assert report["keras"]["num_examples"] == 300
+    assert report["keras"]["accuracy"] >= 0.85
+    assert abs(report["int8"]["accuracy"] - report["keras"]["accuracy"]) <= 0.01
+    assert (tmp_path / "run" / "export" / "model_int8.tflite").stat().st_size < \
+        (tmp_path / "run" / "export" / "model_float32.tflite").stat().st_size / 3
