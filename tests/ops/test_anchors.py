@@ -1,0 +1,90 @@
+import math
+
+import numpy as np
+import pytest
+from keras import ops
+
+from kft.ops import anchors as A
+from kft.ops.boxes import pairwise_iou
+
+
+def test_ssd300_and_ssd512_counts():
+    assert A.num_boxes_per_location(A.SSD300_ASPECT_RATIOS) == [4, 6, 6, 6, 4, 4]
+    boxes = A.ssd_default_boxes(300, A.SSD300_FEATURE_SHAPES, sizes=A.SSD300_SIZES,
+                                steps=A.SSD300_STEPS)
+    assert boxes.shape == (8732, 4) and boxes.dtype == np.float32
+    assert boxes.min() >= 0 and boxes.max() <= 300
+    np.testing.assert_allclose(boxes[0], [0, 0, 4 + 10.5, 4 + 10.5], atol=1e-5)  # 21 px at (4, 4)
+    boxes = A.ssd_default_boxes(512, A.SSD512_FEATURE_SHAPES, sizes=A.SSD512_SIZES,
+                                aspect_ratios=A.SSD512_ASPECT_RATIOS, steps=A.SSD512_STEPS)
+    assert boxes.shape == (24564, 4)
+
+
+def test_linear_sizes_rule():
+    np.testing.assert_allclose(A.linear_sizes(6), [0.2, 0.34, 0.48, 0.62, 0.76, 0.9, 1.04])
+    with pytest.raises(ValueError):
+        A.ssd_default_boxes(300, (38, 19), aspect_ratios=((2,),))
+
+
+def test_ssd_order_by_hand():
+    # 100x100 image, one 2x2 map (step 50), sizes 20 and sqrt(20 * 80) = 40 pixels, ratio 2.
+    boxes = A.ssd_default_boxes(100, [2], sizes=(0.2, 0.8), aspect_ratios=((2,),), clip=False)
+    assert boxes.shape == (16, 4)
+    w, h = 20 * math.sqrt(2), 20 / math.sqrt(2)
+    np.testing.assert_allclose(boxes[:4], [
+        [15, 15, 35, 35], [5, 5, 45, 45],
+        [25 - w / 2, 25 - h / 2, 25 + w / 2, 25 + h / 2],
+        [25 - h / 2, 25 - w / 2, 25 + h / 2, 25 + w / 2]], rtol=1e-5)
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+    np.testing.assert_allclose(centres[::4], [[25, 25], [75, 25], [25, 75], [75, 75]])
+
+
+def test_non_square_image_and_clip():
+    boxes = A.ssd_default_boxes((60, 120), [(3, 6)], sizes=(0.5, 0.5), aspect_ratios=((),))
+    assert boxes.shape == (36, 4)
+    assert boxes[:, [0, 2]].max() <= 120 and boxes[:, [1, 3]].max() <= 60
+    # Sizes are fractions of the shorter side: the centre box is a 30x30 square.
+    np.testing.assert_allclose(boxes[2 * 8], [35, 15, 65, 45])     # cell (1, 2), centre (50, 30)
+
+
+def test_grid_anchors():
+    anchors = A.grid_anchors(64, strides=(16, 32), sizes=(32, 64))
+    assert anchors.shape == (4 * 4 * 3 + 2 * 2 * 3, 4)
+    w, h = 32 * math.sqrt(0.5), 32 / math.sqrt(0.5)          # ratio = width / height
+    np.testing.assert_allclose(anchors[0], [8 - w / 2, 8 - h / 2, 8 + w / 2, 8 + h / 2],
+                               rtol=1e-5)
+    areas = (anchors[:, 2] - anchors[:, 0]) * (anchors[:, 3] - anchors[:, 1])
+    np.testing.assert_allclose(areas[:48], 32 * 32, rtol=1e-5)
+    np.testing.assert_allclose(areas[48:], 64 * 64, rtol=1e-5)
+    sizes = A.sizes_from_scales((16,), (2, 4, 8))
+    assert sizes == ((32.0, 64.0, 128.0),)
+    assert A.num_anchors_per_location(sizes) == [9]
+    anchors = A.grid_anchors((40, 50), (16,), sizes, offset=0.0)
+    assert anchors.shape == (3 * 4 * 9, 4)                   # ceil(40/16) x ceil(50/16)
+    np.testing.assert_allclose((anchors[9, :2] + anchors[9, 2:]) / 2, [16, 0])
+
+
+def _small_elongated(n, rng):
+    side = rng.uniform(10, 22, n)
+    ratio = rng.uniform(2.7, 3.6, n) ** rng.choice([-1, 1], n)
+    w, h = side * np.sqrt(ratio), side / np.sqrt(ratio)
+    x, y = rng.uniform(0, 160 - w), rng.uniform(0, 160 - h)
+    return np.stack([x, y, x + w, y + h], axis=1).astype("float32")
+
+
+def test_fit_improves_coverage_of_small_elongated_boxes():
+    rng = np.random.default_rng(0)
+    shapes = (20, 10, 5, 3, 2, 1)
+    gt = _small_elongated(200, rng)
+    fit = A.fit_default_box_sizes(gt, 160, 6, feature_shapes=shapes)
+    report = fit["report"]
+    assert report["coverage_after"] > report["coverage_before"] + 0.3
+    assert 3 in fit["aspect_ratios"][0]
+    boxes = A.ssd_default_boxes(160, shapes, sizes=fit["sizes"],
+                                aspect_ratios=fit["aspect_ratios"])
+    assert len(boxes) == report["num_default_boxes_after"]
+    best = ops.convert_to_numpy(pairwise_iou(gt, boxes)).max(axis=1)
+    assert np.mean(best >= 0.5) == pytest.approx(report["coverage_after"])
+    assert list(fit["sizes"]) == sorted(fit["sizes"])
+    wh = A.fit_default_box_sizes(gt[:, 2:] - gt[:, :2], 160, 6, feature_shapes=shapes)
+    assert wh["report"]["coverage_after"] > wh["report"]["coverage_before"]
