@@ -79,7 +79,7 @@ def test_overfits_a_few_images_to_high_ap(shapes_split):
     evaluator = COCOEvaluator(split.class_names)
     evaluation = detection_batches(split, image_size=128, batch_size=8, max_instances=4,
                                    training=False, seed=0, with_meta=True)
-    for images, y, meta in evaluation.dataset:
+    for images, _, meta in evaluation.dataset:
         det = model.predict_on_batch(images)
         for i in range(images.shape[0]):
             rec = split.records[int(meta["index"][i])]

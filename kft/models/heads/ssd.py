@@ -68,8 +68,7 @@ class SSDHead(layers.Layer):
 
     def call(self, features, training=None):
         cls_out, box_out = [], []
-        for x, cls, box, k in zip(features, self.cls_predictors, self.box_predictors,
-                                  self.boxes_per_location, strict=True):
+        for x, cls, box in zip(features, self.cls_predictors, self.box_predictors, strict=True):
             b = ops.shape(x)[0]
             c = cls(x, training=training)
             r = box(x, training=training)
