@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from kft.data.readers.detection import DetectionSplit, decode_masks, load_image
+from kft.eval.plots import save_figure
 
 TILE = 256
 PAD = 4
@@ -222,16 +223,6 @@ def _figure(width: float, height: float):
     return fig
 
 
-def _save_figure(fig, path) -> str:
-    """Saves a Figure as PNG (parents created); returns ``str(path)``."""
-    path = os.fspath(path)
-    parent = os.path.dirname(path)
-    if parent:
-        os.makedirs(parent, exist_ok=True)
-    fig.savefig(path, format="png", dpi=100, bbox_inches="tight")
-    return path
-
-
 def _grouped_bars(ax, class_names: Sequence[str], series: Mapping[str, Sequence[float]]):
     """One group of bars per class, one bar per series."""
     x = np.arange(len(class_names))
@@ -253,7 +244,7 @@ def plot_class_histogram(per_split: Mapping[str, Mapping[str, int]], path) -> st
     _grouped_bars(ax, names, {k: [v[n] for n in names] for k, v in per_split.items()})
     ax.set_ylabel("objects")
     ax.set_title("Objects per class")
-    return _save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_class_distributions(distribution: Mapping, path) -> str:
@@ -271,7 +262,7 @@ def plot_class_distributions(distribution: Mapping, path) -> str:
     ax.set_title(f"Class distribution: KL(train || val) = "
                  f"{'inf' if kl is None else f'{kl:.3f}'}{flag} "
                  f"(threshold {distribution['kl_threshold']:g})")
-    return _save_figure(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_box_sizes(geometry: Mapping[str, Mapping[str, np.ndarray]], path) -> str:
@@ -303,4 +294,4 @@ def plot_box_sizes(geometry: Mapping[str, Mapping[str, np.ndarray]], path) -> st
         if len(geometry) > 1:
             ax.legend()
     fig.tight_layout()
-    return _save_figure(fig, path)
+    return save_figure(fig, path)

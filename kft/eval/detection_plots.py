@@ -7,26 +7,18 @@ never changes the global pyplot backend.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from kft.eval.plots import save_figure
 
 
 def _new_figure(width: float, height: float) -> Figure:
     figure = Figure(figsize=(width, height), dpi=100)
     FigureCanvasAgg(figure)
     return figure
-
-
-def _save(figure: Figure, path) -> str:
-    path = os.fspath(path)
-    parent = os.path.dirname(path)
-    if parent:
-        os.makedirs(parent, exist_ok=True)
-    figure.savefig(path, format="png", bbox_inches="tight")
-    return path
 
 
 def _defined(value) -> bool:
@@ -81,7 +73,7 @@ def plot_pr_curves(
     if count:
         axes.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7 if count > 10 else 9,
                     ncol=1 + count // 25)  # fmt: skip
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def plot_per_class_ap(ap: Mapping[str, float | None], path, title: str = "Per-class AP") -> str:
@@ -114,4 +106,4 @@ def plot_per_class_ap(ap: Mapping[str, float | None], path, title: str = "Per-cl
     mean = sum(v for _, v in defined) / len(defined) if defined else None
     axes.set_title(title + (f" (mean {mean:.3f})" if mean is not None else ""))
     axes.grid(True, axis="x", alpha=0.3)
-    return _save(figure, path)
+    return save_figure(figure, path)

@@ -54,7 +54,7 @@ def plot_confusion_matrix(cm, class_names: Sequence[str], path: str | os.PathLik
     ax.set_title("Confusion matrix (colour: row-normalised, text: counts)")
     if num_classes <= MAX_ANNOTATED_CLASSES:
         _annotate_counts(ax, counts, normalised)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_history(history: Mapping[str, Sequence[float]], path: str | os.PathLike) -> str:
@@ -83,7 +83,7 @@ def plot_history(history: Mapping[str, Sequence[float]], path: str | os.PathLike
         ax = fig.add_subplot(rows, cols, i + 1)
         _draw_panel(ax, title, {key: series[key] for key in keys})
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def history_panels(history: Mapping[str, Sequence[float]]) -> list[tuple[str, list[str]]]:
@@ -161,7 +161,7 @@ def _annotate_counts(ax, counts: np.ndarray, normalised: np.ndarray) -> None:
         ax.text(j, i, f"{count:g}", ha="center", va="center", color=colour, fontsize=8)
 
 
-def _save(fig: Figure, path: str | os.PathLike) -> str:
+def save_figure(fig: Figure, path: str | os.PathLike) -> str:
     """Saves ``fig`` as PNG, creating parent folders; returns ``str(path)``."""
     path = os.fspath(path)
     parent = os.path.dirname(path)
