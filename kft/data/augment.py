@@ -172,8 +172,14 @@ def motion_blur(x: tf.Tensor, kernels: tf.Tensor) -> tf.Tensor:
     return tf.transpose(tf.reshape(out, [h, w, n, c]), [2, 0, 1, 3])
 
 
-class _RandomImageLayer(keras.layers.Layer):
-    """Base: probability ``p``, optional ``seed``; ``call(images, seed=None, training=True)``."""
+class SeededAugmentation(keras.layers.Layer):
+    """Base of kft's augmentation layers: probability ``p`` and seeding.
+
+    A call may pass an int32/int64 ``[2]`` stateless seed (the result is then a pure function of
+    the input and the seed, which makes resumed epochs identical); without one the layer draws
+    from its own ``keras.random.SeedGenerator(seed)``. The layers run in float32 whatever the
+    global dtype policy.
+    """
 
     def __init__(self, p: float = 0.5, seed: int | None = None, **kwargs):
         kwargs.setdefault("dtype", "float32")  # never autocast to float16 under mixed precision
@@ -187,6 +193,17 @@ class _RandomImageLayer(keras.layers.Layer):
     def build(self, input_shape=None):
         """Nothing to build: the only state is the seed generator."""
 
+    def next_seed(self, seed=None) -> tf.Tensor:
+        """int64 ``[2]``: ``seed`` when given, else the next draw of the layer's generator."""
+        return tf.cast(self.seed_generator.next() if seed is None else seed, tf.int64)
+
+    def get_config(self):
+        return {**super().get_config(), "p": self.p, "seed": self.seed}
+
+
+class _RandomImageLayer(SeededAugmentation):
+    """Base: probability ``p``, optional ``seed``; ``call(images, seed=None, training=True)``."""
+
     def call(self, images, seed=None, training=True):
         if not training or self.p == 0.0:
             return images
@@ -197,8 +214,7 @@ class _RandomImageLayer(keras.layers.Layer):
         if images.shape.rank != 4:
             raise ValueError(f"{type(self).__name__} expects images [B,H,W,C] or [H,W,C], got "
                              f"shape {images.shape}")
-        seed = self.seed_generator.next() if seed is None else seed
-        out = self.augment(images, tf.cast(seed, tf.int64))
+        out = self.augment(images, self.next_seed(seed))
         return out[0] if single else out
 
     def augment(self, images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
@@ -207,9 +223,6 @@ class _RandomImageLayer(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return input_shape
-
-    def get_config(self):
-        return {**super().get_config(), "p": self.p, "seed": self.seed}
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)

@@ -43,6 +43,7 @@ import math
 import keras
 import tensorflow as tf
 
+from kft.data.augment import SeededAugmentation
 from kft.ops.boxes import box_area, clip_boxes, pairwise_iou
 
 _PACKAGE = "kft"
@@ -185,7 +186,7 @@ def _fill(fill) -> tuple[float, float, float]:
 # --------------------------------------------------------------------------- base layer
 
 
-class _DetectionLayer(keras.layers.Layer):
+class _DetectionLayer(SeededAugmentation):
     """Base: probability ``p``, optional ``seed``; ``call(data, seed=None, training=True)``.
 
     Per-example subclasses define ``transform(data, seed)``, applied with probability ``p``;
@@ -195,25 +196,15 @@ class _DetectionLayer(keras.layers.Layer):
     batched = False
 
     def __init__(self, p: float = 1.0, seed: int | None = None, **kwargs):
-        kwargs.setdefault("dtype", "float32")  # never autocast to float16 under mixed precision
-        super().__init__(**kwargs)
-        if not 0.0 <= float(p) <= 1.0:
-            raise ValueError(f"{type(self).__name__}: p={p} must be a probability in [0, 1]")
-        self.p = float(p)
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
+        super().__init__(p=p, seed=seed, **kwargs)
         self._convert_input_args = False
         self._allow_non_tensor_positional_args = True
-
-    def build(self, input_shape=None):
-        """Nothing to build: the only state is the seed generator."""
 
     def call(self, data, seed=None, training=True):
         if not training or self.p == 0.0:
             return data
         data = standardize(data, self.batched, type(self).__name__)
-        seed = self.seed_generator.next() if seed is None else seed
-        return self.augment(data, tf.cast(seed, tf.int64))
+        return self.augment(data, self.next_seed(seed))
 
     def augment(self, data: dict, seed: tf.Tensor) -> dict:
         """Standardized example (see module docstring), int64 ``[2]`` seed -> example."""
@@ -225,9 +216,6 @@ class _DetectionLayer(keras.layers.Layer):
     def transform(self, data: dict, seed: tf.Tensor) -> dict:
         """The transform itself (always applied)."""
         raise TypeError(f"{type(self).__name__} must define transform() or augment()")
-
-    def get_config(self):
-        return {**super().get_config(), "p": self.p, "seed": self.seed}
 
 
 # --------------------------------------------------------------------------- geometry
