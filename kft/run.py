@@ -43,7 +43,7 @@ def resolve(recipe_path: str, overrides, output: str | None, resume: bool) -> cf
 def main(recipe_path, overrides, output, resume, quiet):
     """Run a kft recipe: train, evaluate and export into a run directory."""
     from kft.models.weights import WeightsError
-    from kft.train.classify import TrainingDiverged
+    from kft.train.runs import TrainingDiverged
 
     try:
         recipe = resolve(recipe_path, overrides, output, resume)

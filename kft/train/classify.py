@@ -11,9 +11,7 @@ Run directory (shared/DESIGN.md)::
 
 from __future__ import annotations
 
-import csv
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,13 +31,6 @@ from kft.eval.classification import evaluate_classifier
 from kft.eval.plots import plot_confusion_matrix, plot_history
 from kft.models.classifier import ResNetClassifier
 from kft.models.weights import load_from, summarize
-from kft.train.callbacks import (
-    EpochCheckpoint,
-    LearningRateLogger,
-    ResumableEarlyStopping,
-    StopOnNaN,
-    restore_checkpoint,
-)
 from kft.train.finetune import (
     ProgressiveUnfreeze,
     candidate_trainable_variables,
@@ -47,11 +38,16 @@ from kft.train.finetune import (
     stage_lr_multipliers,
 )
 from kft.train.optimizers import build_optimizer
+from kft.train.runs import (
+    fit,
+    logging_callbacks,
+    prepare_run_dir,
+    read_history,
+    resume_state,
+    set_precision,
+    training_callbacks,
+)
 from kft.train.schedules import build_schedule
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN/inf; the last good checkpoint is kept."""
 
 
 @dataclass
@@ -135,42 +131,16 @@ def compile_model(model, train: cfg.Train, steps_per_epoch: int, num_classes: in
     return model
 
 
-def _set_precision(policy: str):
-    names = {"": "float32", "float32": "float32", "float16": "mixed_float16",
-             "bfloat16": "mixed_bfloat16"}
-    if policy not in names:
-        raise cfg.ConfigError(f"train.mixed_precision={policy!r} must be '', float16 or bfloat16")
-    keras.config.set_dtype_policy(names[policy])
-
-
-def _truncate_history(path: Path, epochs: int):
-    """Drops rows of epochs that were run after the last checkpoint (a killed run)."""
-    if not path.is_file():
-        return
-    with open(path) as f:
-        rows = list(csv.reader(f))
-    if not rows:
-        return
-    keep = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) < epochs]
-    with open(path, "w", newline="") as f:
-        csv.writer(f).writerows(keep)
-
-
 def run_classification(recipe: cfg.Recipe, run_dir: str | Path, resume: bool = False,
                        verbose: int = 1) -> dict:
     """Runs a classification recipe end to end into ``run_dir``; returns the summary dict."""
     t0 = time.time()
     run_dir = Path(run_dir)
-    ckpt_dir = run_dir / "checkpoints"
-    if not resume and (ckpt_dir / "state.json").is_file():
-        raise cfg.ConfigError(f"{run_dir} already holds a run: pass --resume to continue it or "
-                              "--output to start a new one")
-    for sub in ("checkpoints", "plots", "logs", "export"):
-        (run_dir / sub).mkdir(parents=True, exist_ok=True)
+    ckpt_dir = prepare_run_dir(run_dir, resume)
     cfg.save_json(recipe, run_dir / "config.json")
     t = recipe.train
     keras.utils.set_random_seed(t.seed)
-    _set_precision(t.mixed_precision)
+    set_precision(t.mixed_precision)
     try:
         return _run(recipe, run_dir, ckpt_dir, resume, verbose, t0)
     finally:
@@ -216,31 +186,11 @@ def _run(recipe, run_dir, ckpt_dir, resume, verbose, t0):
                               f"split ({data.num_train} images)")
     compile_model(model, t, steps, num_classes)
 
-    es = None
-    callbacks = [LearningRateLogger()]
-    if t.early_stopping_patience > 0:
-        es = ResumableEarlyStopping(monitor=t.monitor, mode="max" if "loss" not in t.monitor
-                                    else "min", patience=t.early_stopping_patience,
-                                    restore_best_weights=True, verbose=1)
-        callbacks.append(es)
-    nan_stop = StopOnNaN()
-    callbacks += [nan_stop, EpochCheckpoint(ckpt_dir, early_stopping=es)]
+    callbacks, es, nan_stop = training_callbacks(t, ckpt_dir)
     if progressive:
         callbacks.append(unfreezer)
-
-    initial_epoch = 0
-    if resume:
-        state = restore_checkpoint(model, ckpt_dir, es)
-        if state is None:
-            print(f"[kft] --resume: no checkpoint in {ckpt_dir}, starting from epoch 1")
-        else:
-            initial_epoch = state["epoch"]
-            print(f"[kft] resuming after epoch {initial_epoch} (learning rate "
-                  f"{state['learning_rate']:.3g}, optimizer step {state['iterations']})")
-    _truncate_history(run_dir / "history.csv", initial_epoch)
-    callbacks += [keras.callbacks.CSVLogger(str(run_dir / "history.csv"),
-                                            append=initial_epoch > 0),
-                  keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs"))]
+    initial_epoch = resume_state(model, ckpt_dir, es, resume)
+    callbacks += logging_callbacks(run_dir, initial_epoch)
 
     train_batches = classification_batches(
         data.train_source, image_size=d.image_size, batch_size=t.batch_size,
@@ -250,21 +200,8 @@ def _run(recipe, run_dir, ckpt_dir, resume, verbose, t0):
         data.val_source, image_size=d.image_size, batch_size=recipe.eval.batch_size,
         num_classes=num_classes, training=False, seed=t.seed, cache=d.cache)
 
-    if initial_epoch < t.epochs:
-        model.fit(train_batches.dataset, steps_per_epoch=train_batches.steps, epochs=t.epochs,
-                  initial_epoch=initial_epoch, validation_data=val_batches.dataset,
-                  callbacks=callbacks, verbose=verbose,
-                  shuffle=False)  # the pipeline shuffles, seeded per epoch
-    if nan_stop.bad is not None:
-        epoch, batch, loss = nan_stop.bad
-        raise TrainingDiverged(
-            f"loss became {loss} at epoch {epoch + 1}, batch {batch + 1}: training stopped. "
-            f"The last good checkpoint is kept in {ckpt_dir}. Try a lower train.learning_rate, "
-            "train.clipnorm=5.0, or check the data (data_report.json).")
-    if es is not None and es.best_weights is not None:
-        model.set_weights(es.best_weights)
-        print(f"[kft] early stopping: restored the best weights (epoch {es.best_epoch + 1}, "
-              f"{t.monitor}={es.best:.4f})")
+    fit(model, train_batches, val_batches.dataset, t, callbacks, initial_epoch, ckpt_dir,
+        nan_stop, es, verbose)
 
     model.save(run_dir / "model.keras")
     metrics = evaluate_classifier(model.predict_on_batch, val_batches.dataset, data.class_names)
@@ -276,7 +213,7 @@ def _run(recipe, run_dir, ckpt_dir, resume, verbose, t0):
         plots["confusion_matrix"] = str(run_dir / "plots" / "confusion_matrix.png")
         plot_confusion_matrix(metrics["confusion_matrix"], data.class_names,
                               plots["confusion_matrix"])
-        history = _read_history(run_dir / "history.csv")
+        history = read_history(run_dir / "history.csv")
         if history:
             plots["curves"] = str(run_dir / "plots" / "training_curves.png")
             plot_history(history, plots["curves"])
@@ -305,24 +242,6 @@ def _run(recipe, run_dir, ckpt_dir, resume, verbose, t0):
     }
     _print_summary(summary, export_report)
     return summary
-
-
-def _read_history(path: Path) -> dict:
-    if not path.is_file():
-        return {}
-    with open(path) as f:
-        rows = list(csv.DictReader(f))
-    keys = [k for k in (rows[0].keys() if rows else []) if k != "epoch"]
-    out = {}
-    for k in keys:
-        values = []
-        for r in rows:
-            try:
-                values.append(float(r[k]))
-            except (TypeError, ValueError):
-                values.append(math.nan)
-        out[k] = values
-    return out
 
 
 def _print_summary(summary: dict, export_report: dict | None):
