@@ -44,6 +44,13 @@ class Data:
     min_side: int = 8  # images smaller than this (either side) are skipped and reported
     shuffle_buffer: int = 10000
     generate: str = ""  # "shapes": write kft's generated dataset to `root` when it is missing
+    # Detection (task="detection"):
+    format: str = ""  # voc | coco | cityscapes
+    val_root: str = ""  # validation data root when it differs (VOC07 test after 07+12 training)
+    class_names: tuple[str, ...] = ()  # VOC: the classes to read; () = the 20 VOC classes
+    resize: str = "fixed"  # fixed (SSD 300/512) | keep_aspect (R-CNN)
+    max_instances: int = 100  # ground-truth boxes per image after padding
+    detection_augment: str = "ssd"  # none | ssd (photometric + expand + IoU crop + flip) | default
 
 
 @dataclass
@@ -60,6 +67,9 @@ class Model:
     dropout: float = 0.5
     se_stages: tuple[str, ...] = ()  # M6: squeeze-excitation after these stages, e.g. ("layer3",)
     se_reduction: int = 16
+    # Detection: a keras.applications-style ImageNet weights file for the SSD backbone.
+    backbone_weights: str = ""
+    default_box_sizes: tuple[float, ...] = ()  # SSD: L + 1 sizes (fractions); () = arch default
 
 
 @dataclass
@@ -94,7 +104,14 @@ class Train:
     unfreeze_per_round: int = 1  # ... unfreeze this many more stages, top down
     layer_lrs: dict[str, float] = field(default_factory=dict)  # T2: {"layer4": 1e-4}
     early_stopping_patience: int = 0  # T7: 0 disables
-    monitor: str = "val_macro_f1"
+    monitor: str = ""  # "": val_macro_f1 (classification) / val_bbox_AP50 (detection)
+    # Detection losses (T8, T10):
+    cls_loss: str = "ce"  # ce (with hard negative mining) | focal
+    box_loss: str = "smooth_l1"  # smooth_l1 | giou
+    cls_weight: float = 1.0
+    loc_weight: float = 1.0
+    neg_pos_ratio: float = 3.0
+    iou_threshold: float = 0.5  # matching
     jit_compile: bool = False
 
 
@@ -102,6 +119,10 @@ class Train:
 class Eval:
     batch_size: int = 64
     plots: bool = True
+    every: int = 1  # detection: COCO evaluation every N epochs (and after the last)
+    score_threshold: float = 0.01
+    nms_iou_threshold: float = 0.45
+    max_detections: int = 100
 
 
 @dataclass

@@ -18,7 +18,11 @@ def run_recipe(recipe: cfg.Recipe, output: str | Path | None = None, resume: boo
         from kft.train.classify import run_classification
 
         return run_classification(recipe, run_dir, resume=resume, verbose=verbose)
-    raise cfg.ConfigError(f"recipe task {recipe.task!r} is not supported (classification)")
+    if recipe.task == "detection":
+        from kft.train.detect import run_detection
+
+        return run_detection(recipe, run_dir, resume=resume, verbose=verbose)
+    raise cfg.ConfigError(f"recipe task {recipe.task!r} must be classification or detection")
 
 
 def resolve(recipe_path: str, overrides, output: str | None, resume: bool) -> cfg.Recipe:

@@ -52,7 +52,8 @@ def test_json_round_trip(tmp_path):
     assert back == r
 
 
-@pytest.mark.parametrize("path", ["recipes/quickstart_classify.py", "recipes/resnet50_cifar100.py"])
+@pytest.mark.parametrize("path", ["recipes/quickstart_classify.py", "recipes/resnet50_cifar100.py",
+                                  "recipes/ssd_voc.py"])
 def test_recipes_load(path):
     recipe = cfg.load_recipe(path)
     assert isinstance(recipe, cfg.Recipe) and recipe.name

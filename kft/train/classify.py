@@ -186,7 +186,7 @@ def _run(recipe, run_dir, ckpt_dir, resume, verbose, t0):
                               f"split ({data.num_train} images)")
     compile_model(model, t, steps, num_classes)
 
-    callbacks, es, nan_stop = training_callbacks(t, ckpt_dir)
+    callbacks, es, nan_stop = training_callbacks(t, ckpt_dir, t.monitor or "val_macro_f1")
     if progressive:
         callbacks.append(unfreezer)
     initial_epoch = resume_state(model, ckpt_dir, es, resume)

@@ -51,14 +51,14 @@ def set_precision(policy: str):
     keras.config.set_dtype_policy(names[policy])
 
 
-def training_callbacks(t: cfg.Train, ckpt_dir: Path, metric_callbacks=()):
+def training_callbacks(t: cfg.Train, ckpt_dir: Path, monitor: str, metric_callbacks=()):
     """``(callbacks, early_stopping | None, nan_stop)``: learning-rate logging, the task's metric
     callbacks (which must write their logs before early stopping reads them), early stopping on
-    ``t.monitor``, the NaN stop and the atomic checkpoint."""
+    ``monitor``, the NaN stop and the atomic checkpoint."""
     es = None
     callbacks = [LearningRateLogger(), *metric_callbacks]
     if t.early_stopping_patience > 0:
-        es = ResumableEarlyStopping(monitor=t.monitor, mode="min" if "loss" in t.monitor
+        es = ResumableEarlyStopping(monitor=monitor, mode="min" if "loss" in monitor
                                     else "max", patience=t.early_stopping_patience,
                                     restore_best_weights=True, verbose=1)
         callbacks.append(es)
@@ -88,7 +88,7 @@ def logging_callbacks(run_dir: Path, initial_epoch: int) -> list:
 
 
 def fit(model, train_batches, validation_data, t: cfg.Train, callbacks, initial_epoch: int,
-        ckpt_dir: Path, nan_stop: StopOnNaN, es, verbose: int):
+        ckpt_dir: Path, nan_stop: StopOnNaN, es, verbose: int, monitor: str = ""):
     """``model.fit`` from ``initial_epoch``; raises :class:`TrainingDiverged` on a NaN loss and
     restores early stopping's best weights."""
     if initial_epoch < t.epochs:
@@ -105,7 +105,7 @@ def fit(model, train_batches, validation_data, t: cfg.Train, callbacks, initial_
     if es is not None and es.best_weights is not None:
         model.set_weights(es.best_weights)
         print(f"[kft] early stopping: restored the best weights (epoch {es.best_epoch + 1}, "
-              f"{t.monitor}={es.best:.4f})")
+              f"{monitor or es.monitor}={es.best:.4f})")
 
 
 def truncate_history(path: Path, epochs: int):

@@ -1,0 +1,34 @@
+"""R1: SSD300-VGG16 on Pascal VOC 07+12 trainval, evaluated on VOC07 test (Liu et al., 2016).
+
+The paper's settings: SGD momentum 0.9, weight decay 5e-4, batch 32, lr 1e-3 (here with a linear
+warm-up) divided by 10 at 80k and 100k of 120k iterations (VOC07+12 trainval has 16,551 images:
+517 iterations per epoch, so milestones at epochs 155 and 193 of 232), photometric distortion +
+zoom-out (expand) + IoU-constrained crop + flip, 3:1 hard negative mining, smooth L1 + CE.
+
+    python -m kft.run recipes/ssd_voc.py \\
+        --set data.root=/data/VOCdevkit/VOC2007,/data/VOCdevkit/VOC2012 \\
+        --set data.val_root=/data/VOCdevkit/VOC2007 \\
+        --set model.backbone_weights=vgg16_weights_tf_dim_ordering_tf_kernels.h5
+
+Validation (COCO AP every 10 epochs, VOC07 11-point mAP at the end) runs on data.val_root
+(VOC2007) split "test". TFLite export of detectors is the next step of issue 4, hence
+export.enabled=False here.
+"""
+
+from kft.config import Data, Eval, Export, Model, Recipe, Train
+
+RECIPE = Recipe(
+    name="ssd300_voc",
+    task="detection",
+    description="SSD300-VGG16, VOC07+12 trainval",
+    data=Data(root="", format="voc", image_size=300, resize="fixed", train_split="trainval",
+              val_split="test", max_instances=64, detection_augment="ssd"),
+    model=Model(arch="ssd300_vgg16"),
+    train=Train(
+        epochs=232, batch_size=32, optimizer="sgd", learning_rate=1e-3, momentum=0.9,
+        weight_decay=5e-4, schedule="warmup_multistep", warmup_steps=500,
+        warmup_factor=0.001, milestones=(155, 193), gamma=0.1, neg_pos_ratio=3.0,
+        cls_loss="ce", box_loss="smooth_l1", early_stopping_patience=0),
+    eval=Eval(batch_size=16, every=10),
+    export=Export(enabled=False),
+)
