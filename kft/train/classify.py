@@ -30,7 +30,6 @@ from kft.data import (
 from kft.eval.classification import evaluate_classifier
 from kft.eval.plots import plot_confusion_matrix, plot_history
 from kft.models.classifier import ResNetClassifier
-from kft.models.weights import load_from, summarize
 from kft.train.finetune import (
     ProgressiveUnfreeze,
     candidate_trainable_variables,
@@ -41,6 +40,7 @@ from kft.train.optimizers import build_optimizer
 from kft.train.runs import (
     fit,
     logging_callbacks,
+    prepare_model,
     prepare_run_dir,
     read_history,
     resume_state,
@@ -164,12 +164,7 @@ def _run(recipe, run_dir, ckpt_dir, resume, verbose, t0):
                               f"{len(data.class_names)} classes")
 
     model = build_model(m, num_classes, d.image_size)
-    (ckpt_dir / "model_config.json").write_text(
-        json.dumps(keras.saving.serialize_keras_object(model)))
-    if m.load_from:
-        load_report = load_from(model, m.load_from, m.load_from_hash)
-        (run_dir / "load_report.json").write_text(json.dumps(load_report, indent=2))
-        print("[kft] " + summarize(load_report))
+    prepare_model(model, m, run_dir, ckpt_dir)
 
     progressive = t.unfreeze_every > 0
     if progressive:

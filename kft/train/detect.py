@@ -23,12 +23,12 @@ from kft.eval.plots import plot_history
 from kft.models.backbones.mobilenet import ssdlite_mobilenet_v2, ssdlite_mobilenet_v3
 from kft.models.backbones.vgg import load_vgg16_imagenet, ssd_vgg16
 from kft.models.ssd import SSD
-from kft.models.weights import load_from, summarize
 from kft.ops.anchors import SSD300_SIZES, SSD512_SIZES, SSDLITE320_SIZES
 from kft.train.optimizers import build_optimizer
 from kft.train.runs import (
     fit,
     logging_callbacks,
+    prepare_model,
     prepare_run_dir,
     read_history,
     resume_state,
@@ -143,12 +143,7 @@ def _run(recipe, run_dir, ckpt_dir, resume, verbose, t0):
             "class names: set data.class_names; see data_report.json)")
     num_classes = m.num_classes or len(train_split.class_names)
     model = build_detector(m, t, e, num_classes, d.image_size)
-    (ckpt_dir / "model_config.json").write_text(
-        json.dumps(keras.saving.serialize_keras_object(model)))
-    if m.load_from:
-        load_report = load_from(model, m.load_from, m.load_from_hash)
-        (run_dir / "load_report.json").write_text(json.dumps(load_report, indent=2))
-        print("[kft] " + summarize(load_report))
+    prepare_model(model, m, run_dir, ckpt_dir)
 
     steps = len(train_split) // t.batch_size
     if steps < 1:

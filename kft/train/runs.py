@@ -11,12 +11,14 @@ A task runner (``kft.train.classify``, ``kft.train.detect``) builds its data and
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 
 import keras
 
 from kft import config as cfg
+from kft.models.weights import load_from, summarize
 from kft.train.callbacks import (
     EpochCheckpoint,
     LearningRateLogger,
@@ -40,6 +42,17 @@ def prepare_run_dir(run_dir: Path, resume: bool) -> Path:
     for sub in ("checkpoints", "plots", "logs", "export"):
         (run_dir / sub).mkdir(parents=True, exist_ok=True)
     return ckpt_dir
+
+
+def prepare_model(model, m: cfg.Model, run_dir: Path, ckpt_dir: Path) -> None:
+    """Writes the model's config beside the checkpoints (so a checkpoint alone can serve as
+    ``load_from``) and applies ``model.load_from`` with its report (load_report.json)."""
+    (ckpt_dir / "model_config.json").write_text(
+        json.dumps(keras.saving.serialize_keras_object(model)))
+    if m.load_from:
+        report = load_from(model, m.load_from, m.load_from_hash)
+        (run_dir / "load_report.json").write_text(json.dumps(report, indent=2))
+        print("[kft] " + summarize(report))
 
 
 def set_precision(policy: str):

@@ -32,6 +32,7 @@ from kft.data.readers.detection import (
     finish_split,
     image_header,
     to_number,
+    unknown_class,
     verified_size,
 )
 from kft.data.report import DataReport
@@ -141,11 +142,8 @@ def group_annotations(data: dict, images: dict, category_to_label: dict[int, int
         if _int_id(cid) not in category_to_label:
             message = (f"annotation id {ann.get('id')} has unknown category id "
                        f"{describe_value(cid)}")
-            if strict:
-                raise AnnotationError(path, f"{where}.category_id",
-                                      f"{message}; known: {sorted(category_to_label)}")
-            report.skip(path, message, field=f"{where}.category_id")
-            report.count("objects_unknown_class")
+            unknown_class(message, category_to_label, path=path,
+                          field_name=f"{where}.category_id", report=report, strict=strict)
             continue
         grouped[image_id].append((i, ann))
     return grouped

@@ -183,6 +183,16 @@ def describe_value(value) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def unknown_class(message: str, known, *, path, field_name: str, report: DataReport,
+                  strict: bool) -> None:
+    """An object whose class is not among the split's classes: raises :class:`AnnotationError`
+    when ``strict``, otherwise reports the skip (counted as ``objects_unknown_class``)."""
+    if strict:
+        raise AnnotationError(path, field_name, f"{message}; known: {sorted(known)}")
+    report.skip(path, message, field=field_name)
+    report.count("objects_unknown_class")
+
+
 def check_box(box, height: int, width: int, *, path, field_name: str,
               report: DataReport) -> np.ndarray | None:
     """Validates one ``xyxy`` half-open pixel box against a ``height x width`` image.

@@ -20,7 +20,6 @@ from pathlib import Path
 from xml.etree import ElementTree as ET
 
 from kft.data.readers.detection import (
-    AnnotationError,
     DetectionRecord,
     DetectionSplit,
     ObjectList,
@@ -29,6 +28,7 @@ from kft.data.readers.detection import (
     finish_split,
     image_header,
     to_number,
+    unknown_class,
     verified_size,
 )
 from kft.data.report import DataReport
@@ -152,11 +152,8 @@ def parse_objects(tree: ET.Element, height: int, width: int, class_index: dict[s
             continue
         if name not in class_index:
             message = f"unknown class name {name!r} (not in class_names)"
-            if strict:
-                raise AnnotationError(path, f"{where}.name",
-                                      f"{message}; known: {sorted(class_index)}")
-            report.skip(path, message, field=f"{where}.name")
-            report.count("objects_unknown_class")
+            unknown_class(message, class_index, path=path, field_name=f"{where}.name",
+                          report=report, strict=strict)
             continue
         difficult = parse_difficult(obj, path=path, field_name=f"{where}.difficult",
                                     report=report)
