@@ -44,6 +44,8 @@ class Data:
     min_side: int = 8  # images smaller than this (either side) are skipped and reported
     shuffle_buffer: int = 10000
     generate: str = ""  # "shapes": write kft's generated dataset to `root` when it is missing
+    generate_num_train: int = 300  # detection shapes: images per split when generating
+    generate_num_val: int = 100
     # Detection (task="detection"):
     format: str = ""  # voc | coco | cityscapes
     val_root: str = ""  # validation data root when it differs (VOC07 test after 07+12 training)
@@ -70,6 +72,10 @@ class Model:
     # Detection: a keras.applications-style ImageNet weights file for the SSD backbone.
     backbone_weights: str = ""
     default_box_sizes: tuple[float, ...] = ()  # SSD: L + 1 sizes (fractions); () = arch default
+    # SSD: per level, the extra aspect ratios, e.g. ((2,), (2, 3), ...); () = arch default
+    default_box_aspect_ratios: tuple[tuple[float, ...], ...] = ()
+    width_multiplier: float = 1.0  # SSDLite: MobileNet alpha (0.35, 0.5, 0.75, 1.0, ...)
+    bn_momentum: float = 0.0  # > 0: set every BatchNormalization's momentum (from-scratch runs)
 
 
 @dataclass
@@ -232,6 +238,11 @@ def parse_value(raw: str, hint: Any, key: str) -> Any:
                 items = json.loads(text)
             else:
                 items = [s.strip() for s in text.split(",") if s.strip()]
+            if typing.get_origin(item_type) is tuple:  # nested, e.g. [[2], [2, 3]] (JSON only)
+                if not text.startswith("["):
+                    raise ValueError
+                inner = typing.get_args(item_type)[0]
+                return tuple(tuple(inner(v) for v in item) for item in items)
             return tuple(item_type(i) for i in items)
         if origin is dict:
             value = json.loads(raw)
@@ -251,7 +262,10 @@ def parse_value(raw: str, hint: Any, key: str) -> Any:
 def _type_name(hint: Any) -> str:
     origin = typing.get_origin(hint)
     if origin is tuple:
-        return f"a comma-separated list of {typing.get_args(hint)[0].__name__}"
+        item_type = typing.get_args(hint)[0]
+        if typing.get_origin(item_type) is tuple:
+            return "a JSON list of lists such as [[2], [2, 3]]"
+        return f"a comma-separated list of {item_type.__name__}"
     if origin is dict:
         return 'a JSON object such as {"layer4": 0.0001}'
     return getattr(hint, "__name__", str(hint))
@@ -274,7 +288,7 @@ def from_dict(data: dict) -> Recipe:
             if dataclasses.is_dataclass(hint):
                 v = build(hint, v)
             elif typing.get_origin(hint) is tuple:
-                v = tuple(v)
+                v = tuple(tuple(i) if isinstance(i, list) else i for i in v)
             kwargs[f.name] = v
         return cls(**kwargs)
 

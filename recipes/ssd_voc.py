@@ -11,8 +11,8 @@ zoom-out (expand) + IoU-constrained crop + flip, 3:1 hard negative mining, smoot
         --set model.backbone_weights=vgg16_weights_tf_dim_ordering_tf_kernels.h5
 
 Validation (COCO AP every 10 epochs, VOC07 11-point mAP at the end) runs on data.val_root
-(VOC2007) split "test". TFLite export of detectors is the next step of issue 4, hence
-export.enabled=False here.
+(VOC2007) split "test". The end of the run exports float32 and full-integer INT8 TFLite models
+and compares their AP with the Keras model (export/report.json).
 """
 
 from kft.config import Data, Eval, Export, Model, Recipe, Train
@@ -30,5 +30,5 @@ RECIPE = Recipe(
         warmup_factor=0.001, milestones=(155, 193), gamma=0.1, neg_pos_ratio=3.0,
         cls_loss="ce", box_loss="smooth_l1", early_stopping_patience=0),
     eval=Eval(batch_size=16, every=10),
-    export=Export(enabled=False),
+    export=Export(quantize=("float32", "int8"), representative_samples=200),
 )

@@ -50,14 +50,11 @@ def test_detection_run_writes_the_run_directory(shapes, tmp_path, fmt, train_spl
     assert report["generated"] is True and report["num_train"] == 16
 
 
-def test_detection_run_refuses_export_unknown_arch_and_no_objects(shapes, tmp_path):
+def test_detection_run_refuses_unknown_arch_and_no_objects(shapes, tmp_path):
     voc = _recipe(shapes / "VOC", "voc", "train", "val", **{"data.class_names": "cat,dog"})
     with pytest.raises(cfg.ConfigError, match="no usable objects.*data.class_names"):
         run_recipe(voc, tmp_path / "c", verbose=0)
     recipe = _recipe(shapes / "COCO", "coco", "train", "val")
-    with pytest.raises(cfg.ConfigError, match="export"):
-        run_recipe(cfg.apply_overrides(recipe, ["export.enabled=true"]), tmp_path / "a",
-                   verbose=0)
     with pytest.raises(cfg.ConfigError, match="model.arch"):
         run_recipe(cfg.apply_overrides(recipe, ["model.arch=resnet50"]), tmp_path / "b",
                    verbose=0)

@@ -107,3 +107,46 @@ def plot_per_class_ap(ap: Mapping[str, float | None], path, title: str = "Per-cl
     axes.set_title(title + (f" (mean {mean:.3f})" if mean is not None else ""))
     axes.grid(True, axis="x", alpha=0.3)
     return save_figure(figure, path)
+
+
+def plot_detection_gallery(images, detections, class_names, path, ground_truth=None,
+                           score_threshold: float = 0.3, cols: int | None = None) -> str:
+    """A PNG gallery of detections: per image, the ground truth tile (when given) and the
+    prediction tile (boxes with ``score >= score_threshold`` labelled "class score").
+
+    Args:
+        images: ``[H, W, 3]`` images (0..255) in the pixels of the boxes.
+        detections: per image ``{"boxes" [D, 4], "scores" [D], "labels" [D]}`` (label -1 =
+            padding).
+        class_names: names by label.
+        path: PNG file written (folders created).
+        ground_truth: optional per image ``{"boxes", "labels"}``.
+    """
+    from pathlib import Path
+
+    import numpy as np
+
+    from kft.data.gallery import draw_example, make_gallery
+
+    if not len(images):
+        raise ValueError("plot_detection_gallery needs at least one image")
+    tiles = []
+    for k, (image, det) in enumerate(zip(images, detections, strict=True)):
+        if ground_truth is not None:
+            gt = ground_truth[k]
+            tiles.append(draw_example(image, gt["boxes"], gt["labels"], class_names,
+                                      title=f"#{k} truth"))
+        labels = np.asarray(det["labels"]).reshape(-1)
+        scores = np.asarray(det["scores"]).reshape(-1)
+        keep = (labels >= 0) & (scores >= score_threshold)
+        names = [f"{class_names[int(c)] if int(c) < len(class_names) else int(c)} {s:.2f}"
+                 for c, s in zip(labels[keep], scores[keep], strict=True)]
+        tiles.append(draw_example(image, np.asarray(det["boxes"]).reshape(-1, 4)[keep],
+                                  np.arange(len(names)), names,
+                                  title=f"#{k} predicted (score >= {score_threshold:g})"))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if cols is None and ground_truth is not None:
+        cols = 8  # four truth / prediction pairs per row
+    make_gallery(tiles, cols=cols).save(path)
+    return str(path)

@@ -17,13 +17,21 @@ import keras
 from kft import config as cfg
 from kft.data import DataReport, detection_batches, read_cityscapes, read_coco, read_voc
 from kft.data.detection_augment import default_detection_augment, ssd_augment
+from kft.data.shapes import SHAPE_CLASSES, make_shapes_detection
 from kft.eval.detection import COCOEvalCallback, evaluate_detector
-from kft.eval.detection_plots import plot_per_class_ap
+from kft.eval.detection_plots import plot_detection_gallery, plot_per_class_ap
 from kft.eval.plots import plot_history
 from kft.models.backbones.mobilenet import ssdlite_mobilenet_v2, ssdlite_mobilenet_v3
 from kft.models.backbones.vgg import load_vgg16_imagenet, ssd_vgg16
 from kft.models.ssd import SSD
-from kft.ops.anchors import SSD300_SIZES, SSD512_SIZES, SSDLITE320_SIZES
+from kft.ops.anchors import (
+    SSD300_ASPECT_RATIOS,
+    SSD300_SIZES,
+    SSD512_ASPECT_RATIOS,
+    SSD512_SIZES,
+    SSDLITE320_SIZES,
+    SSDLITE_ASPECT_RATIOS,
+)
 from kft.train.optimizers import build_optimizer
 from kft.train.runs import (
     fit,
@@ -40,12 +48,21 @@ from kft.train.schedules import build_schedule
 SSD_ARCHS = ("ssd300_vgg16", "ssd512_vgg16", "ssdlite_mobilenet_v2", "ssdlite_mobilenet_v3")
 
 
-def read_split(data: cfg.Data, split: str, run_dir: Path, root: str | None = None):
-    """A :class:`DetectionSplit` of ``root`` (default ``data.root``) in ``data.format``."""
+def read_split(data: cfg.Data, split: str, run_dir: Path, root: str | None = None,
+               seed: int = 0):
+    """A :class:`DetectionSplit` of ``root`` (default ``data.root``) in ``data.format``.
+
+    With ``data.generate="shapes"`` and a missing root, kft's generated shapes dataset is
+    written first (see :func:`generate_shapes`).
+    """
     fmt, root = data.format, root or data.root
     if not root:
         raise cfg.ConfigError("data.root is empty: set --set data.root=<dataset folder>")
-    if not Path(root).exists():
+    if data.generate and not Path(root.split(",")[0]).exists():
+        generate_shapes(data, root, seed)
+    elif data.generate:
+        _warn_if_generated_differently(data, root, seed)
+    if not Path(root.split(",")[0]).exists():
         raise cfg.ConfigError(f"data.root={root!r} does not exist")
     cache = run_dir / "cache" / "converted"
     if fmt == "voc":
@@ -59,24 +76,72 @@ def read_split(data: cfg.Data, split: str, run_dir: Path, root: str | None = Non
     raise cfg.ConfigError(f"data.format={fmt!r} must be voc, coco or cityscapes")
 
 
+def _generation_line(data: cfg.Data, seed: int) -> str:
+    classes = list(data.class_names) or list(SHAPE_CLASSES[:5])
+    return (f"classes={classes} num_train={data.generate_num_train} "
+            f"num_val={data.generate_num_val} image_size={[data.image_size] * 2}")
+
+
+def _warn_if_generated_differently(data: cfg.Data, root: str, seed: int) -> None:
+    """An existing generated dataset is reused as it is; says so when the recipe asks for
+    another one (other classes, counts or size), since it is not regenerated silently."""
+    marker = Path(root).parent / "GENERATED.txt"
+    if not marker.is_file():
+        return
+    wanted = _generation_line(data, seed)
+    if wanted not in marker.read_text():
+        print(f"[kft] WARNING: {marker.parent} was generated with other settings than the "
+              f"recipe asks for ({wanted}); it is used as it is: delete it to regenerate")
+
+
+def generate_shapes(data: cfg.Data, root: str, seed: int = 0) -> Path:
+    """Writes kft's generated shapes dataset for a missing ``root`` (``data.generate="shapes"``).
+
+    ``root`` names the VOC or COCO layout folder inside the generated dataset
+    (``.../shapes/VOC`` or ``.../shapes/COCO``); both layouts are written to its parent.
+    Classes are ``data.class_names`` (default: the first five shapes), images
+    ``data.image_size`` pixels, ``data.generate_num_train`` / ``generate_num_val`` images.
+    """
+    if data.generate != "shapes":
+        raise cfg.ConfigError(f"data.generate={data.generate!r}: only 'shapes' exists")
+    layout = Path(root)
+    expected = {"voc": "VOC", "coco": "COCO"}.get(data.format)
+    if expected is None or layout.name != expected:
+        raise cfg.ConfigError(
+            f"data.generate=shapes writes VOC/ and COCO/ layouts: data.root={root!r} must end "
+            f"in /VOC (format voc) or /COCO (format coco)")
+    classes = tuple(data.class_names) or SHAPE_CLASSES[:5]
+    unknown = [c for c in classes if c not in SHAPE_CLASSES]
+    if unknown:
+        raise cfg.ConfigError(f"data.class_names: {unknown} are not generated shapes "
+                              f"{list(SHAPE_CLASSES)}")
+    print(f"[kft] data.root {root} is missing: GENERATING kft's synthetic shapes detection "
+          f"dataset in {layout.parent} (generated images, not real data)")
+    return make_shapes_detection(layout.parent, classes=classes,
+                                 num_train=data.generate_num_train,
+                                 num_val=data.generate_num_val, image_size=data.image_size,
+                                 seed=seed)
+
+
 def build_detector(m: cfg.Model, t: cfg.Train, e: cfg.Eval, num_classes: int,
                    image_size: int) -> SSD:
     """An SSD / SSDLite from recipe fields (``model.arch`` one of ``SSD_ARCHS``)."""
     if m.arch == "ssd300_vgg16" or m.arch == "ssd512_vgg16":
         backbone = ssd_vgg16(300 if m.arch == "ssd300_vgg16" else 512)
-        sizes, head = (SSD300_SIZES if m.arch == "ssd300_vgg16" else SSD512_SIZES), "conv"
-    elif m.arch == "ssdlite_mobilenet_v2":
-        backbone = ssdlite_mobilenet_v2(image_size, weights=m.backbone_weights or None)
-        sizes, head = SSDLITE320_SIZES, "depthwise"
-    elif m.arch == "ssdlite_mobilenet_v3":
-        backbone = ssdlite_mobilenet_v3(image_size, weights=m.backbone_weights or None)
-        sizes, head = SSDLITE320_SIZES, "depthwise"
+        sizes, ratios = ((SSD300_SIZES, SSD300_ASPECT_RATIOS) if m.arch == "ssd300_vgg16"
+                         else (SSD512_SIZES, SSD512_ASPECT_RATIOS))
+        head = "conv"
+    elif m.arch in ("ssdlite_mobilenet_v2", "ssdlite_mobilenet_v3"):
+        build = ssdlite_mobilenet_v2 if m.arch.endswith("v2") else ssdlite_mobilenet_v3
+        backbone = build(image_size, alpha=m.width_multiplier, weights=m.backbone_weights or None)
+        sizes, ratios, head = SSDLITE320_SIZES, SSDLITE_ASPECT_RATIOS, "depthwise"
     else:
         raise cfg.ConfigError(f"model.arch={m.arch!r} is not a detector; choose from "
                               f"{list(SSD_ARCHS)}")
     if m.arch.endswith("vgg16") and m.backbone_weights:
         load_vgg16_imagenet(backbone, m.backbone_weights)
-    model = SSD(backbone, num_classes, sizes=m.default_box_sizes or sizes, head=head,
+    model = SSD(backbone, num_classes, sizes=m.default_box_sizes or sizes,
+                aspect_ratios=m.default_box_aspect_ratios or ratios, head=head,
                 iou_threshold=t.iou_threshold, neg_pos_ratio=t.neg_pos_ratio,
                 cls_loss=t.cls_loss, box_loss=t.box_loss, cls_weight=t.cls_weight,
                 loc_weight=t.loc_weight, label_smoothing=t.label_smoothing,
@@ -85,7 +150,26 @@ def build_detector(m: cfg.Model, t: cfg.Train, e: cfg.Eval, num_classes: int,
     if model.image_size[0] != image_size:
         raise cfg.ConfigError(f"model.arch={m.arch} takes {model.image_size[0]} px images: set "
                               f"data.image_size={model.image_size[0]}")
+    if m.bn_momentum:
+        set_bn_momentum(model, m.bn_momentum)
     return model
+
+
+def set_bn_momentum(model: keras.Model, momentum: float) -> int:
+    """Sets the moving-statistics momentum of every BatchNormalization layer; returns how many.
+
+    keras.applications networks use 0.999, which suits fine-tuning a pretrained backbone; from
+    random weights and a few hundred steps it leaves the moving statistics near their initial
+    values, so inference-mode outputs would not reflect what was learnt (use e.g. 0.9 there).
+    """
+    if not 0.0 < momentum < 1.0:
+        raise cfg.ConfigError(f"model.bn_momentum={momentum} must be in (0, 1)")
+    count = 0
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = float(momentum)
+            count += 1
+    return count
 
 
 def _generated(root: str) -> bool:
@@ -110,9 +194,6 @@ def run_detection(recipe: cfg.Recipe, run_dir: str | Path, resume: bool = False,
     t0 = time.time()
     run_dir = Path(run_dir)
     ckpt_dir = prepare_run_dir(run_dir, resume)
-    if recipe.export.enabled:
-        raise cfg.ConfigError("export.enabled=true: TFLite export of detectors is not available "
-                              "yet; set export.enabled=false")
     cfg.save_json(recipe, run_dir / "config.json")
     keras.utils.set_random_seed(recipe.train.seed)
     set_precision(recipe.train.mixed_precision)
@@ -185,15 +266,62 @@ def _run(recipe, run_dir, ckpt_dir, resume, verbose, t0):
             plots["per_class_ap"] = plot_per_class_ap(
                 metrics["bbox_per_class_AP"], run_dir / "plots" / "per_class_ap.png",
                 title="bbox AP@[.5:.95] per class")
+        plots["predictions"] = plot_predictions(model, val_split, val_batches.dataset,
+                                                run_dir / "plots" / "predictions.png")
+    export_report = None
+    if recipe.export.enabled and recipe.export.quantize:
+        from kft.export.detection import export_detector_and_report
+
+        rep = detection_batches(train_split, image_size=d.image_size, resize=d.resize,
+                                batch_size=e.batch_size, max_instances=d.max_instances,
+                                training=False, seed=t.seed)
+        export_report = export_detector_and_report(
+            model, run_dir / "export", rep.dataset, val_split, val_batches.dataset,
+            formats=tuple(recipe.export.quantize), voc=d.format == "voc",
+            num_calibration=recipe.export.representative_samples)
     summary = {"run_dir": str(run_dir), "epochs_run": t.epochs - initial_epoch,
                "metrics": {k: metrics.get(k) for k in ("bbox_AP", "bbox_AP50", "bbox_AP75")},
                "model": str(run_dir / "model.keras"), "plots": plots,
+               "export": {k: str(run_dir / "export" / v["path"]) for k, v in
+                          (export_report or {}).items() if isinstance(v, dict) and "path" in v},
                "seconds": round(time.time() - t0, 1)}
     print("\n==== kft run summary ====")
+    if report["generated"]:
+        print("data:      GENERATED (kft's synthetic shapes; not real images)")
     print("bbox AP {bbox_AP} AP50 {bbox_AP50} AP75 {bbox_AP75}".format(
         **{k: "n/a" if v is None else f"{v:.4f}" for k, v in summary["metrics"].items()}))
+    for fmt, r in (export_report or {}).items():
+        if fmt != "keras" and isinstance(r, dict) and "path" in r:
+            print(f"tflite {fmt:8s} AP {r['bbox_AP']:.4f} AP50 {r['bbox_AP50']:.4f} "
+                  f"(AP50 {-r.get('bbox_AP50_drop_vs_keras', 0.0):+.4f} vs Keras), "
+                  f"{r['size_mb']:.2f} MiB, {r['latency_ms']:.1f} ms/image")
     print(f"run dir:   {run_dir}  ({summary['seconds']} s)")
     print(f"model:     {summary['model']}")
     for path in plots.values():
         print(f"plot:      {path}")
+    for path in summary["export"].values():
+        print(f"export:    {path}")
     return summary
+
+
+def plot_predictions(model, split, batches, path, max_images: int = 16,
+                     score_threshold: float = 0.3) -> str:
+    """Draws the first val images with predictions (solid, class + score) and ground truth
+    (dashed) into a gallery PNG; returns its path."""
+    import numpy as np
+
+    images, detections, truths = [], [], []
+    for x, y, _meta in batches:
+        det = model.predict_on_batch(x)
+        for i in range(int(x.shape[0])):
+            if len(images) >= max_images:
+                break
+            images.append(np.asarray(x[i]))
+            detections.append({k: np.asarray(det[k][i]) for k in
+                               ("boxes", "scores", "labels")})
+            truths.append({"boxes": np.asarray(y["boxes"][i]),
+                           "labels": np.asarray(y["labels"][i])})
+        if len(images) >= max_images:
+            break
+    return str(plot_detection_gallery(images, detections, split.class_names, path,
+                                      ground_truth=truths, score_threshold=score_threshold))
