@@ -36,7 +36,7 @@ def test_shipped_checkpoint_matches_its_record_and_the_recipe():
 def unseen_voc(tmp_path_factory):
     root = make_shapes_detection(tmp_path_factory.mktemp("qs") / "shapes",
                                  classes=("circle", "square", "triangle", "star", "ring"),
-                                 num_train=192, num_val=40, image_size=128, seed=11)
+                                 num_train=256, num_val=40, image_size=128, seed=11)
     return root / "VOC"
 
 
@@ -44,7 +44,7 @@ def _short_run(voc, run_dir, *overrides):
     recipe = cfg.load_recipe(ROOT / "recipes" / "quickstart.py")
     recipe = cfg.apply_overrides(recipe, [
         f"data.root={voc}", "data.generate=", f"model.load_from={CHECKPOINT}",
-        "train.epochs=12", "train.restart_epochs=12", "eval.every=12", "export.enabled=false",
+        "train.epochs=16", "train.restart_epochs=16", "eval.every=16", "export.enabled=false",
         "eval.plots=false", *overrides])
     run_recipe(recipe, run_dir, verbose=0)
     return json.loads((run_dir / "metrics.json").read_text())
