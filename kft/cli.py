@@ -2,7 +2,7 @@
 
 ``kft train`` is ``python -m kft.run``. ``eval`` and ``export`` take a run directory (its
 ``model.keras`` and ``config.json`` say what data and settings to use) or a ``.keras`` file with
-``--data``.
+``--data``. Classifiers and detectors (SSD / SSDLite) both: the model file says which.
 """
 
 from __future__ import annotations
@@ -46,11 +46,37 @@ def _load_run(target: str, data_root: str | None, overrides=()):
     recipe = cfg.apply_overrides(recipe, list(overrides))
     if not recipe.data.root:
         raise cfg.ConfigError("no data: pass --data ROOT (an image folder or tfds:name)")
+    import kft.models  # noqa: F401  (registers kft's layers, models, optimizers)
+
     model = keras.saving.load_model(model_path)
     size = model.input_shape[1]
     if recipe.data.image_size != size:
         recipe = cfg.apply_overrides(recipe, [f"data.image_size={size}"])
+    if _is_detector(model) and recipe.task != "detection":
+        recipe = cfg.apply_overrides(recipe, ["task=detection"])
+    if recipe.task == "detection" and not recipe.data.format:
+        raise cfg.ConfigError(f"{target}: a detector needs data.format: pass --set "
+                              "data.format=voc (or coco, cityscapes)")
     return model, recipe, run_dir
+
+
+def _is_detector(model) -> bool:
+    return callable(getattr(model, "detect", None))
+
+
+def _detection_data(recipe, run_dir):
+    """(train split, val split, val batches with meta) of a detection recipe."""
+    from kft.data import detection_batches
+    from kft.train.detect import read_split
+
+    d = recipe.data
+    train = read_split(d, d.train_split, run_dir, seed=recipe.train.seed)
+    val = read_split(d, d.val_split, run_dir, d.val_root or d.root, seed=recipe.train.seed)
+    val_batches = detection_batches(val, image_size=d.image_size, resize=d.resize,
+                                    batch_size=recipe.eval.batch_size,
+                                    max_instances=d.max_instances, training=False,
+                                    seed=recipe.train.seed, with_meta=True)
+    return train, val, val_batches.dataset
 
 
 def _val_batches(recipe, data, num_classes):
@@ -78,6 +104,8 @@ def eval_cmd(target, data_root, overrides, output):
 
     try:
         model, recipe, run_dir = _load_run(target, data_root, overrides)
+        if recipe.task == "detection":
+            return _eval_detector(model, recipe, run_dir, output)
         data = prepare_data(recipe.data, run_dir, recipe.train.seed)
         val = _val_batches(recipe, data, len(data.class_names))
         metrics = evaluate_classifier(model.predict_on_batch, val.dataset, data.class_names)
@@ -89,60 +117,105 @@ def eval_cmd(target, data_root, overrides, output):
                f"macro-F1 {metrics['macro_f1']:.4f}  ({metrics['num_examples']} images) -> {out}")
 
 
+def _eval_detector(model, recipe, run_dir, output):
+    from kft.eval.detection import evaluate_detector
+
+    _, val, batches = _detection_data(recipe, run_dir)
+    metrics = evaluate_detector(model.predict_on_batch, val, batches,
+                                voc=recipe.data.format == "voc")
+    out = Path(output) if output else run_dir / "metrics_eval.json"
+    out.write_text(json.dumps(metrics, indent=2))
+    click.echo(f"bbox AP {metrics['bbox_AP']:.4f}  AP50 {metrics['bbox_AP50']:.4f}  "
+               f"AP75 {metrics['bbox_AP75']:.4f}  ({metrics['num_images']} images) -> {out}")
+
+
 @main.command("export")
 @click.argument("target")
 @click.option("--data", "data_root", default=None, help="Data for calibration and comparison.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
 @click.option("--formats", default="float32,float16,int8", show_default=True)
 @click.option("--samples", default=100, show_default=True, help="Representative images for INT8.")
 @click.option("--output", "-o", default=None, help="Export directory (default RUN/export).")
-def export_cmd(target, data_root, formats, samples, output):
-    """Export a saved run or model to TFLite (float32 / float16 / full-integer INT8)."""
+def export_cmd(target, data_root, overrides, formats, samples, output):
+    """Export a saved run or model to TFLite (float32 / float16 / full-integer INT8) and compare
+    each file with the Keras model on the val split (report.json)."""
     from kft.data import classification_batches
     from kft.export.tflite import export_and_report
     from kft.train.classify import prepare_data
 
+    formats = tuple(f.strip() for f in formats.split(",") if f.strip())
     try:
-        model, recipe, run_dir = _load_run(target, data_root)
+        model, recipe, run_dir = _load_run(target, data_root, overrides)
+        out = Path(output) if output else run_dir / "export"
+        if recipe.task == "detection":
+            report = _export_detector(model, recipe, run_dir, out, formats, samples)
+            click.echo(json.dumps(report, indent=2))
+            return
         data = prepare_data(recipe.data, run_dir, recipe.train.seed)
         n = len(data.class_names)
         rep = classification_batches(data.train_source, image_size=recipe.data.image_size,
                                      batch_size=1, num_classes=n, training=False,
                                      seed=recipe.train.seed)
         rep_images = rep.dataset.map(lambda x, y: x).take(samples)
-        out = Path(output) if output else run_dir / "export"
         report = export_and_report(model, out, rep_images, _val_batches(recipe, data, n).dataset,
-                                   data.class_names,
-                                   formats=tuple(f.strip() for f in formats.split(",")))
+                                   data.class_names, formats=formats)
     except (cfg.ConfigError, ValueError, FileNotFoundError) as e:
         _fail(e)
     click.echo(json.dumps(report, indent=2))
 
 
+def _export_detector(model, recipe, run_dir, out, formats, samples):
+    from kft.data import detection_batches
+    from kft.export.detection import export_detector_and_report
+
+    d = recipe.data
+    train, val, val_batches = _detection_data(recipe, run_dir)
+    rep = detection_batches(train, image_size=d.image_size, resize=d.resize,
+                            batch_size=recipe.eval.batch_size, max_instances=d.max_instances,
+                            training=False, seed=recipe.train.seed)
+    return export_detector_and_report(model, out, rep.dataset, val, val_batches,
+                                      formats=formats, voc=d.format == "voc",
+                                      num_calibration=samples)
+
+
 @main.command("predict")
 @click.argument("model_path", type=click.Path(exists=True, dir_okay=True))
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option("--top-k", default=3, show_default=True)
-def predict_cmd(model_path, images, top_k):
-    """Classify image files with a saved model (a run directory or .keras); prints JSON."""
+@click.option("--top-k", default=3, show_default=True, help="Classifiers: classes per image.")
+@click.option("--score-threshold", default=0.3, show_default=True,
+              help="Detectors: lowest score printed.")
+def predict_cmd(model_path, images, top_k, score_threshold):
+    """Classify or detect on image files with a saved model (a run directory or .keras);
+    prints JSON (detections as xyxy boxes in the image's own pixels)."""
     import keras
     import numpy as np
     from PIL import Image, ImageOps
+
+    import kft.models  # noqa: F401  (registers kft's layers, models, optimizers)
 
     path = Path(model_path)
     names_file = (path if path.is_dir() else path.parent) / "class_names.json"
     model = keras.saving.load_model(path / "model.keras" if path.is_dir() else path)
     names = json.loads(names_file.read_text()) if names_file.is_file() else None
     h, w = model.input_shape[1:3]
+    detector = _is_detector(model)
     results = []
     for image_path in images:
         try:
             with Image.open(image_path) as im:
-                im = ImageOps.exif_transpose(im).convert("RGB").resize((w, h), Image.BILINEAR)
-                x = np.asarray(im, dtype="float32")[None]
+                im = ImageOps.exif_transpose(im).convert("RGB")
+                if detector:
+                    pixels = np.asarray(im)
+                else:
+                    pixels = np.asarray(im.resize((w, h), Image.BILINEAR), dtype="float32")
         except OSError as e:
             results.append({"image": image_path, "error": f"cannot read image: {e}"})
             continue
-        logits = model.predict_on_batch(x)[0]
+        if detector:
+            results.append({"image": image_path, "detections": _detect_one(
+                model, pixels, names, score_threshold)})
+            continue
+        logits = model.predict_on_batch(pixels[None])[0]
         probs = np.exp(logits - logits.max())
         probs /= probs.sum()
         top = np.argsort(-probs)[:top_k]
@@ -150,6 +223,26 @@ def predict_cmd(model_path, images, top_k):
             {"label": int(i), "class": names[i] if names else str(i), "prob": float(probs[i])}
             for i in top]})
     click.echo(json.dumps(results, indent=2))
+
+
+def _detect_one(model, pixels, names, score_threshold) -> list[dict]:
+    """Detections of one ``[H, W, 3]`` image, resized as in training, boxes in its pixels."""
+    import numpy as np
+
+    from kft.data.detection_pipeline import resize_image, to_original
+
+    image, scale, _ = resize_image(pixels, image_size=tuple(model.input_shape[1:3]))
+    det = model.predict_on_batch(image[None])
+    boxes = np.asarray(to_original(det["boxes"][0], scale, pixels.shape[:2]))
+    out = []
+    for i in range(int(det["num_detections"][0])):
+        score = float(det["scores"][0][i])
+        if score < score_threshold:
+            continue
+        label = int(det["labels"][0][i])
+        out.append({"label": label, "class": names[label] if names else str(label),
+                    "score": round(score, 4), "box": [round(float(v), 1) for v in boxes[i]]})
+    return out
 
 
 from kft.cli_data import data as data_group  # noqa: E402
