@@ -32,8 +32,8 @@ RECIPE = Recipe(
                 load_from="pretrained/ssdlite_shapes3.keras",
                 load_from_hash="sha256:"
                 "1a002e2fc78bfb1f7f5c9564a25fed3a0c6792ebd015025d54b79a7caf596d4b"),
-    train=Train(epochs=32, batch_size=32, optimizer="adamw", learning_rate=2e-3,
-                weight_decay=1e-4, schedule="cosine_restarts", restart_epochs=32,
+    train=Train(epochs=40, batch_size=32, optimizer="adamw", learning_rate=2e-3,
+                weight_decay=1e-4, schedule="cosine_restarts", restart_epochs=40,
                 restart_mult=1.0, min_lr=1e-5, warmup_steps=20, clipnorm=10.0,
                 early_stopping_patience=0),
     eval=Eval(batch_size=50, every=4),
