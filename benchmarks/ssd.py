@@ -4,15 +4,17 @@
   compiled Keras train function with matching, hard negative mining and the multibox loss) and
   inference images/s at batch 1 (network + decode + per-class NMS, a traced ``model.detect``).
 * kft SSDLite-MobileNetV3-Large 320: the same two numbers.
-* SSDLite TFLite latency, float32 vs full-integer INT8 (``kft.export.export_detector``, decode and
-  NMS inside the file), batch 1, ``--tflite-threads`` threads.
+* SSDLite (MobileNetV3-Large and MobileNetV2, 320) TFLite latency, float32 vs full-integer
+  INT8 (``kft.export.export_detector``, decode and NMS inside the file), batch 1,
+  ``--tflite-threads`` threads.
 * When torchvision is importable (in this interpreter or the one given by ``--torch-python``):
   torchvision's ``ssd300_vgg16`` and ``ssdlite320_mobilenet_v3_large`` measured the same way in a
   child process of the same run, and ``ratio`` = kft time / torchvision time (below 1: kft is
   faster).
 
 Weights are random (no downloads); the targets are 3 random boxes per image; both frameworks get
-the same shapes, batch, optimizer and thread count (all cores).
+the same shapes, batch, optimizer and thread count (all cores). Times are medians of the timed
+steps after warm-up.
 
     python benchmarks/ssd.py [--steps 5] [--infer-steps 20] [--torch-python PATH]
 """
@@ -23,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -52,6 +55,26 @@ def _kft_model(arch: str, size: int):
     return build_detector(cfg.Model(arch=arch), cfg.Train(), cfg.Eval(), NUM_CLASSES, size)
 
 
+def timed(fn, runs: int, warmup: int) -> float:
+    """Median seconds of ``runs`` calls of ``fn`` (each call must block until done), after
+    ``warmup`` untimed ones. The median keeps one slow step (a page fault, another process)
+    from moving the result."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def summary(train_s: float, infer_s: float, batch: int, params: int) -> dict:
+    return {"train_step_s": round(train_s, 4), "train_images_per_s": round(batch / train_s, 2),
+            "inference_ms": round(infer_s * 1000, 2),
+            "inference_images_per_s": round(1 / infer_s, 2), "params": int(params)}
+
+
 def bench_kft(arch: str, size: int, batch: int, steps: int, infer_steps: int) -> dict:
     import keras
     import numpy as np
@@ -62,30 +85,22 @@ def bench_kft(arch: str, size: int, batch: int, steps: int, infer_steps: int) ->
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 255, (batch, size, size, 3)).astype("float32")
     boxes, labels = random_targets(rng, batch, size)
-    ds = tf.data.Dataset.from_tensors((images, {"boxes": boxes, "labels": labels})).repeat()
-    model.fit(ds, steps_per_epoch=2, epochs=1, verbose=0)  # trace + warm up
-    start = time.perf_counter()
-    model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
-    train_s = (time.perf_counter() - start) / steps
+    x = tf.constant(images)
+    y = {"boxes": tf.constant(boxes), "labels": tf.constant(labels)}
+    # the compiled train function of fit(); train_on_batch returns numpy, so each call blocks
+    train_s = timed(lambda: model.train_on_batch(x, y), steps, warmup=2)
     detect = tf.function(model.detect)
     one = tf.constant(images[:1])
-    for _ in range(3):
-        detect(one)["boxes"].numpy()
-    start = time.perf_counter()
-    for _ in range(infer_steps):
-        detect(one)["boxes"].numpy()
-    infer_s = (time.perf_counter() - start) / infer_steps
-    return {"train_step_s": round(train_s, 4), "train_images_per_s": round(batch / train_s, 2),
-            "inference_ms": round(infer_s * 1000, 2),
-            "inference_images_per_s": round(1 / infer_s, 2), "params": model.count_params()}
+    infer_s = timed(lambda: detect(one)["boxes"].numpy(), infer_steps, warmup=3)
+    return summary(train_s, infer_s, batch, model.count_params())
 
 
-def bench_tflite(size: int, infer_steps: int, threads: int) -> dict:
+def bench_tflite(arch: str, size: int, infer_steps: int, threads: int) -> dict:
     import numpy as np
 
     from kft.export.detection import TFLiteDetector, export_detector
 
-    model = _kft_model("ssdlite_mobilenet_v3", size)
+    model = _kft_model(arch, size)
     rng = np.random.default_rng(1)
     calibration = [rng.uniform(0, 255, (1, size, size, 3)).astype("float32") for _ in range(20)]
     out = {"threads": threads}
@@ -97,7 +112,7 @@ def bench_tflite(size: int, infer_steps: int, threads: int) -> dict:
         for fmt, path in paths.items():
             runner = TFLiteDetector(path, num_threads=threads)
             runner.detect(np.concatenate(calibration[:1] * infer_steps))
-            out[fmt] = {"latency_ms": round(runner.mean_latency_ms(), 2),
+            out[fmt] = {"latency_ms": round(1000 * statistics.median(runner.timings), 2),
                         "size_mb": round(os.path.getsize(path) / 2**20, 2)}
     out["int8_speedup"] = round(out["float32"]["latency_ms"] / out["int8"]["latency_ms"], 2)
     return out
@@ -128,24 +143,11 @@ def bench_torchvision(name: str, size: int, batch: int, steps: int, infer_steps:
         loss.backward()
         optimizer.step()
 
-    for _ in range(2):
-        step()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    train_s = (time.perf_counter() - start) / steps
+    train_s = timed(step, steps, warmup=2)
     model.eval()
     with torch.inference_mode():
-        for _ in range(3):
-            model(images[:1])
-        start = time.perf_counter()
-        for _ in range(infer_steps):
-            model(images[:1])
-        infer_s = (time.perf_counter() - start) / infer_steps
-    return {"train_step_s": round(train_s, 4), "train_images_per_s": round(batch / train_s, 2),
-            "inference_ms": round(infer_s * 1000, 2),
-            "inference_images_per_s": round(1 / infer_s, 2),
-            "params": sum(p.numel() for p in model.parameters()),
+        infer_s = timed(lambda: model(images[:1]), infer_steps, warmup=3)
+    return {**summary(train_s, infer_s, batch, sum(p.numel() for p in model.parameters())),
             "torch": torch.__version__, "torchvision": torchvision.__version__}
 
 
@@ -209,7 +211,9 @@ def main() -> None:
                               "inference_time": ratio(entry["kft"], tv, "inference_ms")}
         result[key] = entry
     if "tflite" not in skip:
-        result["ssdlite_tflite"] = bench_tflite(320, args.infer_steps, args.tflite_threads)
+        for arch in ("ssdlite_mobilenet_v3", "ssdlite_mobilenet_v2"):
+            result[f"{arch}_tflite"] = bench_tflite(arch, 320, args.infer_steps,
+                                                    args.tflite_threads)
     print(json.dumps(result, indent=1))
 
 
