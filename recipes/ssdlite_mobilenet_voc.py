@@ -6,8 +6,8 @@ default boxes 0.2..0.95 with ratios 2 and 3 at every level. Training follows the
 SSDLite recipe scaled to one batch of 32 (SGD momentum 0.9, lr 0.15 * 32 / 192 = 0.025 with
 warm-up and cosine decay, weight decay 4e-5, SSD augmentation, 3:1 hard negative mining),
 for 200 epochs of VOC07+12 trainval. The end of the run exports float32 and full-integer INT8
-TFLite models (float32 image input that the first op quantises, int8 network, float32 in-graph
-decode + NMS) and compares their VOC07-test AP with the Keras model in export/report.json.
+TFLite models (uint8 image input, int8 network, float32 in-graph decode + NMS) and compares
+their VOC07-test AP with the Keras model in export/report.json.
 On x86 with the TF 2.21 wheel the INT8 file runs slower than the float32 one (XNNPACK lacks
 int8 hard-swish; benchmarks/ssd.py): time it on the target phone, or use
 ``model.arch=ssdlite_mobilenet_v2``, whose INT8 file is 1.7x faster than float32 here.

@@ -19,10 +19,10 @@ Formats (``model_<format>.tflite``):
   ``num_calibration`` images of ``representative`` (the training pipeline without
   augmentation). The post-processing (softmax, box decoding, NMS) stays float32 by selective
   quantisation (see :func:`_int8_with_float_decoder`): TFLite's NMS has no integer kernel, and
-  8-bit box decoding cost 0.2 AP (AP75 0.52 -> 0.11) on the quick start's model. The file's
-  input stays ``float32`` pixels 0..255, quantised to int8 by its first op (the selective
-  quantiser cannot give it a uint8 interface). :func:`tflite_op_summary` lists which ops run on
-  which types; the tests check that no convolution stays float.
+  8-bit box decoding cost 0.2 AP (AP75 0.52 -> 0.11) on the quick start's model. The file
+  takes ``uint8`` pixels ``[1, H, W, 3]`` (camera bytes, resized): its ``serve`` function casts
+  them to float32 and the first op quantises them to int8. :func:`tflite_op_summary` lists which
+  ops run on which types; the tests check that no convolution stays float.
 """
 
 from __future__ import annotations
@@ -84,16 +84,21 @@ def export_detector(model, out_dir: str | os.PathLike, representative: Iterable,
                              f"the model input {image_shape}")
     os.makedirs(out_dir, exist_ok=True)
     paths = {}
-    with tempfile.TemporaryDirectory(prefix="kft_detector_") as saved_model_dir:
+    with tempfile.TemporaryDirectory(prefix="kft_detector_") as tmp:
+        saved_model_dir = os.path.join(tmp, "float_input")
         _write_detector_saved_model(model, saved_model_dir, image_shape)
         for fmt in formats:
-            converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
-            if fmt == "float16":
-                converter.optimizations = [tf.lite.Optimize.DEFAULT]
-                converter.target_spec.supported_types = [tf.float16]
             if fmt == "int8":
-                content = _int8_with_float_decoder(saved_model_dir, calibration)
+                uint8_dir = os.path.join(tmp, "uint8_input")
+                _write_detector_saved_model(model, uint8_dir, image_shape, tf.uint8)
+                content = _int8_with_float_decoder(
+                    uint8_dir, [np.clip(np.round(c), 0, 255).astype(np.uint8)
+                                for c in calibration])
             else:
+                converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
+                if fmt == "float16":
+                    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+                    converter.target_spec.supported_types = [tf.float16]
                 content = converter.convert()
             path = os.path.join(os.fspath(out_dir), f"model_{fmt}.tflite")
             with open(path, "wb") as f:
@@ -128,18 +133,20 @@ def _int8_with_float_decoder(saved_model_dir: str, calibration: list) -> bytes:
     return debugger.get_nondebug_quantized_model()
 
 
-def _write_detector_saved_model(model, directory: str, image_shape: tuple) -> None:
+def _write_detector_saved_model(model, directory: str, image_shape: tuple,
+                                input_dtype=tf.float32) -> None:
+    """A SavedModel with one ``serve`` endpoint ``images [1, H, W, 3] input_dtype -> dict``."""
     archive = keras.export.ExportArchive()
     archive.track(model)
 
     def serve(images):
-        det = model.detect(images)
+        det = model.detect(tf.cast(images, tf.float32))
         return {"boxes": tf.cast(det["boxes"], tf.float32),
                 "scores": tf.cast(det["scores"], tf.float32),
                 "labels": tf.cast(det["labels"], tf.int32),
                 "num_detections": tf.cast(det["num_detections"], tf.int32)}
 
-    spec = tf.TensorSpec((1, *image_shape), tf.float32, name="images")
+    spec = tf.TensorSpec((1, *image_shape), input_dtype, name="images")
     with _float32_compute(model):
         archive.add_endpoint("serve", serve, input_signature=[spec])
         archive.write_out(directory, verbose=False)

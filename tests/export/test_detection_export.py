@@ -61,6 +61,9 @@ def test_int8_network_is_integer_and_post_processing_float(setup):
     assert set(ops["CONV_2D"]) == {"int8"} and set(ops["DEPTHWISE_CONV_2D"]) == {"int8"}
     assert ops["NON_MAX_SUPPRESSION_V5"] == {"float32": 1}
     assert set(ops["EXP"]) == {"float32"}  # box decoding kept in float
+    runner = TFLiteDetector(setup[3] / "model_int8.tflite")
+    assert runner.input["dtype"] == np.uint8  # camera bytes in; float files take float32
+    assert TFLiteDetector(setup[3] / "model_float32.tflite").input["dtype"] == np.float32
 
 
 def test_report_holds_the_same_evaluation_for_keras_and_tflite(setup):
