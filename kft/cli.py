@@ -64,19 +64,18 @@ def _is_detector(model) -> bool:
     return callable(getattr(model, "detect", None))
 
 
-def _detection_data(recipe, run_dir):
-    """(train split, val split, val batches with meta) of a detection recipe."""
+def _detection_val(recipe, run_dir):
+    """(val split, val batches with meta) of a detection recipe."""
     from kft.data import detection_batches
     from kft.train.detect import read_split
 
     d = recipe.data
-    train = read_split(d, d.train_split, run_dir, seed=recipe.train.seed)
     val = read_split(d, d.val_split, run_dir, d.val_root or d.root, seed=recipe.train.seed)
     val_batches = detection_batches(val, image_size=d.image_size, resize=d.resize,
                                     batch_size=recipe.eval.batch_size,
                                     max_instances=d.max_instances, training=False,
                                     seed=recipe.train.seed, with_meta=True)
-    return train, val, val_batches.dataset
+    return val, val_batches.dataset
 
 
 def _val_batches(recipe, data, num_classes):
@@ -120,7 +119,7 @@ def eval_cmd(target, data_root, overrides, output):
 def _eval_detector(model, recipe, run_dir, output):
     from kft.eval.detection import evaluate_detector
 
-    _, val, batches = _detection_data(recipe, run_dir)
+    val, batches = _detection_val(recipe, run_dir)
     metrics = evaluate_detector(model.predict_on_batch, val, batches,
                                 voc=recipe.data.format == "voc")
     out = Path(output) if output else run_dir / "metrics_eval.json"
@@ -167,9 +166,11 @@ def export_cmd(target, data_root, overrides, formats, samples, output):
 def _export_detector(model, recipe, run_dir, out, formats, samples):
     from kft.data import detection_batches
     from kft.export.detection import export_detector_and_report
+    from kft.train.detect import read_split
 
     d = recipe.data
-    train, val, val_batches = _detection_data(recipe, run_dir)
+    val, val_batches = _detection_val(recipe, run_dir)
+    train = read_split(d, d.train_split, run_dir, seed=recipe.train.seed)  # calibration images
     rep = detection_batches(train, image_size=d.image_size, resize=d.resize,
                             batch_size=recipe.eval.batch_size, max_instances=d.max_instances,
                             training=False, seed=recipe.train.seed)

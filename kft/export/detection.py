@@ -86,7 +86,8 @@ def export_detector(model, out_dir: str | os.PathLike, representative: Iterable,
     paths = {}
     with tempfile.TemporaryDirectory(prefix="kft_detector_") as tmp:
         saved_model_dir = os.path.join(tmp, "float_input")
-        _write_detector_saved_model(model, saved_model_dir, image_shape)
+        if set(formats) - {"int8"}:  # float files take float32 pixels
+            _write_detector_saved_model(model, saved_model_dir, image_shape)
         for fmt in formats:
             if fmt == "int8":
                 uint8_dir = os.path.join(tmp, "uint8_input")
