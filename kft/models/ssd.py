@@ -43,6 +43,12 @@ class SSDDecoder(layers.Layer):
         self.max_detections = int(max_detections)
 
     def call(self, cls_logits, box_deltas):
+        # The anchor count is known here even when the traced input is not: Keras' predict
+        # functions retrace a new batch size (a partial last batch) with every dimension
+        # relaxed to None, which would leave NMS without its static K.
+        num_anchors = self.anchors.shape[0]
+        cls_logits = ops.reshape(cls_logits, (-1, num_anchors, cls_logits.shape[-1]))
+        box_deltas = ops.reshape(box_deltas, (-1, num_anchors, 4))
         scores = ops.softmax(ops.cast(cls_logits, "float32"), axis=-1)[..., 1:]
         boxes = decode(ops.cast(box_deltas, "float32"), self.anchors, self.variances)
         boxes = clip_boxes(boxes, self.image_size[0], self.image_size[1])
