@@ -74,6 +74,9 @@ class Model:
     default_box_sizes: tuple[float, ...] = ()  # SSD: L + 1 sizes (fractions); () = arch default
     # SSD: per level, the extra aspect ratios, e.g. ((2,), (2, 3), ...); () = arch default
     default_box_aspect_ratios: tuple[tuple[float, ...], ...] = ()
+    # SSD: per-level strides in pixels for the default-box centres (the paper's Caffe
+    # (8, 16, 32, 64, 100, 300) for SSD300); () = image size / feature-map size
+    default_box_steps: tuple[int, ...] = ()
     width_multiplier: float = 1.0  # SSDLite: MobileNet alpha (0.35, 0.5, 0.75, 1.0, ...)
     bn_momentum: float = 0.0  # > 0: set every BatchNormalization's momentum (from-scratch runs)
 
@@ -90,6 +93,10 @@ class Train:
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 1e-4
+    # decoupled: Keras' (AdamW-style, lr * wd * w subtracted apart from the gradient step);
+    # coupled: Caffe / torch.optim.SGD's weight_decay (wd * w added to the gradient, so it
+    # goes through momentum), the setting the SSD and Faster R-CNN papers trained with.
+    weight_decay_mode: str = "decoupled"
     # T3 schedules: constant | cosine_restarts | warmup_multistep | step
     schedule: str = "constant"
     restart_epochs: float = 5.0  # T_0 in epochs

@@ -42,20 +42,27 @@ def read_state(directory: str | Path) -> dict | None:
     return json.loads(path.read_text())
 
 
-def current_learning_rate(optimizer) -> float:
-    """The base learning rate the optimiser uses at its current step."""
-    inner = getattr(optimizer, "inner_optimizer", optimizer)
-    lr = inner._learning_rate
-    step = int(keras.ops.convert_to_numpy(inner.iterations))
-    return learning_rate_at(lr, step)
+def last_step_learning_rate(optimizer) -> float:
+    """The base learning rate of the optimiser's last weight update.
+
+    Keras evaluates a schedule at its raw batch counter (``_iterations``), also under gradient
+    accumulation, where only every N-th batch updates the weights (at counter values
+    ``N - 1, 2N - 1, ...``); ``iterations`` there counts updates. Before any update, the
+    rate the first update will use.
+    """
+    inner = getattr(optimizer, "inner_optimizer", optimizer)  # LossScaleOptimizer
+    raw = int(keras.ops.convert_to_numpy(inner._iterations))
+    n = int(inner.gradient_accumulation_steps or 1)
+    last_update = (raw // n) * n - 1
+    return learning_rate_at(inner._learning_rate, last_update if last_update >= 0 else n - 1)
 
 
 class LearningRateLogger(keras.callbacks.Callback):
-    """Adds ``learning_rate`` (the base rate at the end of the epoch) to the epoch logs."""
+    """Adds ``learning_rate`` (the base rate of the epoch's last update) to the epoch logs."""
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
-            logs["learning_rate"] = current_learning_rate(self.model.optimizer)
+            logs["learning_rate"] = last_step_learning_rate(self.model.optimizer)
 
 
 class StopOnNaN(keras.callbacks.Callback):
@@ -125,7 +132,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
         state = {
             "epoch": epoch + 1,
             "weights": name,
-            "learning_rate": current_learning_rate(self.model.optimizer),
+            "learning_rate": last_step_learning_rate(self.model.optimizer),
             "iterations": int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)),
             "logs": {k: float(v) for k, v in logs.items() if np.isscalar(v)},
         }

@@ -6,6 +6,18 @@ learning rate handed to the optimiser's own ``update_step``, so it is exact for 
 as well as for Adam/AdamW (where scaling gradients instead would cancel out). Multipliers are
 part of the optimiser's config, so they survive ``model.save`` / ``load_model``; the slot
 variables are ordinary optimiser variables, so they survive ``save_weights`` checkpoints.
+
+Weight decay follows the multiplier too, in either of two modes (``weight_decay_mode``):
+
+* ``"decoupled"`` (Keras' own, AdamW-style): ``w -= lr * mult * wd * w`` beside the gradient
+  step. Keras applies it with the base rate to every variable; here a stage at a tenth of the
+  rate decays a tenth as fast, and multiplier 0 freezes a variable completely.
+* ``"coupled"`` (Caffe / ``torch.optim.SGD(weight_decay=...)``, what the SSD and Faster R-CNN
+  papers trained with): ``g += wd * w`` before the optimiser's own step, so the decay passes
+  through momentum (and Adam's moments) and is scaled by the variable's rate.
+
+Both run inside ``update_step``, once per variable, which keeps them correct under
+``tf.distribute`` (the update is applied per replica-synchronised variable there).
 """
 
 from __future__ import annotations
@@ -19,9 +31,13 @@ from keras import ops
 class _LayerwiseLR:
     """Mixin over a Keras optimiser class; ``lr_multipliers`` is ``{regex: multiplier}``."""
 
-    def __init__(self, *args, lr_multipliers=None, **kwargs):
+    def __init__(self, *args, lr_multipliers=None, weight_decay_mode="decoupled", **kwargs):
         super().__init__(*args, **kwargs)
+        if weight_decay_mode not in WEIGHT_DECAY_MODES:
+            raise ValueError(f"train.weight_decay_mode={weight_decay_mode!r} must be one of "
+                             f"{list(WEIGHT_DECAY_MODES)}")
         self.lr_multipliers = {str(k): float(v) for k, v in (lr_multipliers or {}).items()}
+        self.weight_decay_mode = weight_decay_mode
         self._var_multipliers = []
 
     def multiplier_for(self, path: str) -> float:
@@ -35,15 +51,27 @@ class _LayerwiseLR:
         super().build(variables)
         self._var_multipliers = [self.multiplier_for(v.path) for v in variables]
 
+    def _apply_weight_decay(self, variables):
+        """Keras' global decoupled decay (base rate, every variable) is replaced by the
+        per-variable decay in :meth:`update_step`."""
+
     def update_step(self, gradient, variable, learning_rate):
         mult = self._var_multipliers[self._get_variable_index(variable)] if \
             self._var_multipliers else 1.0
+        learning_rate = ops.cast(learning_rate, variable.dtype)
         if mult != 1.0:
-            learning_rate = ops.cast(learning_rate, variable.dtype) * mult
+            learning_rate = learning_rate * mult
+        if self.weight_decay and mult != 0.0 and self._use_weight_decay(variable):
+            wd = ops.cast(self.weight_decay, variable.dtype)
+            if self.weight_decay_mode == "coupled":
+                gradient = gradient + wd * variable
+            else:
+                variable.assign(variable - variable * wd * learning_rate)
         return super().update_step(gradient, variable, learning_rate)
 
     def get_config(self):
-        return {**super().get_config(), "lr_multipliers": dict(self.lr_multipliers)}
+        return {**super().get_config(), "lr_multipliers": dict(self.lr_multipliers),
+                "weight_decay_mode": self.weight_decay_mode}
 
 
 @keras.saving.register_keras_serializable(package="kft")
@@ -61,6 +89,7 @@ class LayerwiseAdam(_LayerwiseLR, keras.optimizers.Adam):
     """``keras.optimizers.Adam`` with per-variable learning-rate multipliers."""
 
 
+WEIGHT_DECAY_MODES = ("decoupled", "coupled")
 _OPTIMIZERS = {"sgd": LayerwiseSGD, "adamw": LayerwiseAdamW, "adam": LayerwiseAdam}
 
 # Normalisation parameters and biases get no weight decay (common fine-tuning practice).
@@ -68,11 +97,13 @@ NO_DECAY = ["bias", "gamma", "beta", "moving_mean", "moving_variance"]
 
 
 def build_optimizer(name, learning_rate, *, momentum=0.9, nesterov=False, weight_decay=0.0,
-                    clipnorm=0.0, grad_accum_steps=1, lr_multipliers=None):
+                    clipnorm=0.0, grad_accum_steps=1, lr_multipliers=None,
+                    weight_decay_mode="decoupled"):
     """Builds an optimiser from recipe fields.
 
     ``learning_rate`` is a float or a ``LearningRateSchedule``; ``clipnorm`` is a global norm
-    (T4); ``grad_accum_steps`` > 1 uses Keras' ``gradient_accumulation_steps`` (T6).
+    (T4); ``grad_accum_steps`` > 1 uses Keras' ``gradient_accumulation_steps`` (T6);
+    ``weight_decay_mode`` is ``"decoupled"`` or ``"coupled"`` (module docstring).
     """
     if name not in _OPTIMIZERS:
         raise ValueError(f"train.optimizer={name!r} must be one of {sorted(_OPTIMIZERS)}")
@@ -82,6 +113,7 @@ def build_optimizer(name, learning_rate, *, momentum=0.9, nesterov=False, weight
         global_clipnorm=clipnorm or None,
         gradient_accumulation_steps=grad_accum_steps if grad_accum_steps > 1 else None,
         lr_multipliers=lr_multipliers,
+        weight_decay_mode=weight_decay_mode,
     )
     if name == "sgd":
         kwargs.update(momentum=momentum, nesterov=nesterov)

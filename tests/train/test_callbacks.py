@@ -83,7 +83,8 @@ def test_learning_rate_logged_and_early_stopping_state_resumes(tmp_path):
                                 restore_best_weights=True)
     history = model.fit(x, y, epochs=2, batch_size=8, verbose=0,
                         callbacks=[LearningRateLogger(), es, EpochCheckpoint(tmp_path, es)])
-    assert history.history["learning_rate"] == pytest.approx([0.025, 0.0125])
+    # 4 steps per epoch: epoch 1 steps 0-3 use 0.05, epoch 2 steps 4-7 use 0.025
+    assert history.history["learning_rate"] == pytest.approx([0.05, 0.025])
     state = read_state(tmp_path)["early_stopping"]
     assert state["best"] == pytest.approx(history.history["loss"][1])
     es2 = ResumableEarlyStopping(monitor="loss", mode="min", patience=3,
@@ -93,3 +94,22 @@ def test_learning_rate_logged_and_early_stopping_state_resumes(tmp_path):
     es2.on_train_begin()
     assert es2.best == pytest.approx(state["best"]) and es2.best_epoch == 1
     assert len(es2.best_weights) == len(model.get_weights())
+
+
+def test_logged_learning_rate_is_the_last_updates_under_accumulation():
+    # 4 batches per epoch, an update every 2nd batch (raw counters 1 and 3); Keras evaluates
+    # the schedule at the raw counter: update 1 uses lr(1) = 0.1, update 2 lr(3) = 0.01.
+    x, y = _data()
+    model = _model()
+    schedule = keras.optimizers.schedules.PiecewiseConstantDecay([2], [0.1, 0.01])
+    optimizer = keras.optimizers.SGD(schedule, gradient_accumulation_steps=2)
+    model.compile(optimizer, "mse")
+    history = model.fit(x, y, epochs=2, batch_size=8, verbose=0,
+                        callbacks=[LearningRateLogger()])
+    assert history.history["learning_rate"] == pytest.approx([0.01, 0.01])
+    model = _model()
+    schedule = keras.optimizers.schedules.PiecewiseConstantDecay([4], [0.1, 0.01])
+    model.compile(keras.optimizers.SGD(schedule, gradient_accumulation_steps=2), "mse")
+    history = model.fit(x, y, epochs=2, batch_size=8, verbose=0,
+                        callbacks=[LearningRateLogger()])
+    assert history.history["learning_rate"] == pytest.approx([0.1, 0.01])

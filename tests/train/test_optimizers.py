@@ -53,3 +53,52 @@ def test_build_optimizer_fields():
     assert opt.momentum == 0.9 and opt.weight_decay == 1e-4
     with pytest.raises(ValueError, match="train.optimizer"):
         build_optimizer("lion", 0.1)
+
+
+def _decay_steps(optimizer, steps=2):
+    """Kernels after ``steps`` steps with zero gradients (only weight decay moves them)."""
+    model = _two_layer_model()
+    for _ in range(steps):
+        grads = [keras.ops.zeros_like(v) for v in model.trainable_weights]
+        optimizer.apply_gradients(zip(grads, model.trainable_weights, strict=True))
+    return {v.path: v.numpy() for v in model.trainable_weights}
+
+
+def test_decoupled_weight_decay_follows_the_multiplier():
+    # Keras alone decays every variable with the base rate: 1 - 0.1 * 0.1 per step
+    plain = _decay_steps(keras.optimizers.SGD(0.1, weight_decay=0.1), steps=1)
+    np.testing.assert_allclose(plain["stack3_block0_dense/kernel"], 0.99, rtol=1e-6)
+    out = _decay_steps(LayerwiseSGD(learning_rate=0.1, weight_decay=0.1,
+                                    lr_multipliers={r"^stack3_": 0.1}), steps=1)
+    np.testing.assert_allclose(out["stack3_block0_dense/kernel"], 1 - 0.001, rtol=1e-6)
+    np.testing.assert_allclose(out["predictions/kernel"], 1 - 0.01, rtol=1e-6)
+
+
+def test_multiplier_zero_freezes_the_variable_decay_included():
+    out = _decay_steps(LayerwiseAdamW(learning_rate=0.1, weight_decay=0.1,
+                                      lr_multipliers={r"^stack3_": 0.0}))
+    np.testing.assert_array_equal(out["stack3_block0_dense/kernel"], 1.0)
+    assert np.all(out["predictions/kernel"] < 1.0)
+
+
+def test_coupled_weight_decay_goes_through_momentum():
+    # torch.optim.SGD(lr=0.1, momentum=0.9, weight_decay=0.1) from w = 1 with zero gradients:
+    # buf = 0.1 -> w = 0.99; buf = 0.9 * 0.1 + 0.099 -> w = 0.99 - 0.1 * 0.189 = 0.9711
+    coupled = _decay_steps(LayerwiseSGD(learning_rate=0.1, momentum=0.9, weight_decay=0.1,
+                                        weight_decay_mode="coupled"))
+    np.testing.assert_allclose(coupled["predictions/kernel"], 0.9711, rtol=1e-6)
+    decoupled = _decay_steps(LayerwiseSGD(learning_rate=0.1, momentum=0.9, weight_decay=0.1))
+    np.testing.assert_allclose(decoupled["predictions/kernel"], 0.99 * 0.99, rtol=1e-6)
+    half = _decay_steps(LayerwiseSGD(learning_rate=0.1, momentum=0.9, weight_decay=0.1,
+                                     weight_decay_mode="coupled",
+                                     lr_multipliers={r"^stack3_": 0.5}))
+    # lr 0.05: w = 0.995, buf 0.1 * 0.9 + 0.0995 -> w = 0.995 - 0.05 * 0.1895
+    np.testing.assert_allclose(half["stack3_block0_dense/kernel"], 0.995 - 0.05 * 0.1895,
+                               rtol=1e-6)
+
+
+def test_weight_decay_mode_is_checked_and_saved():
+    with pytest.raises(ValueError, match="weight_decay_mode"):
+        LayerwiseSGD(learning_rate=0.1, weight_decay_mode="l2")
+    opt = build_optimizer("sgd", 0.1, weight_decay=1e-4, weight_decay_mode="coupled")
+    assert LayerwiseSGD.from_config(opt.get_config()).weight_decay_mode == "coupled"
