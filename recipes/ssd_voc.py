@@ -1,7 +1,8 @@
 """R1: SSD300-VGG16 on Pascal VOC 07+12 trainval, evaluated on VOC07 test (Liu et al., 2016).
 
-The paper's settings: SGD momentum 0.9, weight decay 5e-4, batch 32, lr 1e-3 (here with a linear
-warm-up) divided by 10 at 80k and 100k of 120k iterations (VOC07+12 trainval has 16,551 images:
+The paper's settings: SGD momentum 0.9, weight decay 5e-4 (coupled through momentum, as Caffe
+applies it), batch 32, default boxes of scales 0.1, 0.2, 0.37 ... 1.05 on Caffe's strides
+(8, 16, 32, 64, 100, 300), lr 1e-3 (here with a linear warm-up) divided by 10 at 80k and 100k of 120k iterations (VOC07+12 trainval has 16,551 images:
 517 iterations per epoch, so milestones at epochs 155 and 193 of 232), photometric distortion +
 zoom-out (expand) + IoU-constrained crop + flip, 3:1 hard negative mining, smooth L1 + CE.
 
@@ -16,6 +17,7 @@ and compares their AP with the Keras model (export/report.json).
 """
 
 from kft.config import Data, Eval, Export, Model, Recipe, Train
+from kft.ops.anchors import SSD300_STEPS, SSD300_VOC_SIZES
 
 RECIPE = Recipe(
     name="ssd300_voc",
@@ -23,10 +25,12 @@ RECIPE = Recipe(
     description="SSD300-VGG16, VOC07+12 trainval",
     data=Data(root="", format="voc", image_size=300, resize="fixed", train_split="trainval",
               val_split="test", max_instances=64, detection_augment="ssd"),
-    model=Model(arch="ssd300_vgg16"),
+    # the paper's VOC default boxes: scales 0.1, 0.2 ... 1.05 and Caffe's strides
+    model=Model(arch="ssd300_vgg16", default_box_sizes=SSD300_VOC_SIZES,
+                default_box_steps=SSD300_STEPS),
     train=Train(
         epochs=232, batch_size=32, optimizer="sgd", learning_rate=1e-3, momentum=0.9,
-        weight_decay=5e-4, schedule="warmup_multistep", warmup_steps=500,
+        weight_decay=5e-4, weight_decay_mode="coupled", schedule="warmup_multistep", warmup_steps=500,
         warmup_factor=0.001, milestones=(155, 193), gamma=0.1, neg_pos_ratio=3.0,
         cls_loss="ce", box_loss="smooth_l1", early_stopping_patience=0),
     eval=Eval(batch_size=16, every=10),

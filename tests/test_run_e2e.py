@@ -100,8 +100,9 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(shapes, tmp_path):
     out, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, out
     assert f"resuming after epoch {done}" in out
-    # The right learning rate: step decay halves it every epoch.
-    assert f"learning rate {0.02 * 0.5 ** done:.3g}" in out
+    # The right learning rate: step decay halves it every epoch; the last committed epoch
+    # (0-based done - 1) ran at 0.02 * 0.5 ** (done - 1).
+    assert f"last learning rate {0.02 * 0.5 ** (done - 1):.3g}" in out
 
     a = keras.saving.load_model(tmp_path / "full" / "model.keras")
     b = keras.saving.load_model(tmp_path / "killed" / "model.keras")

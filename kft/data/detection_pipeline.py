@@ -428,6 +428,12 @@ class _Layout:
     max_instances: int
     with_masks: bool
     mask_size: tuple[int, int] | None
+    with_crowd: bool = False  # y carries "iscrowd" (the split has crowd boxes)
+
+
+# Crowd flags ride in the label channel through a batch augmentation (which moves boxes and
+# labels only): label + CROWD_TAG while mixing, split apart again afterwards.
+CROWD_TAG = 1 << 20
 
 
 def _finish(ex: dict, layout: _Layout) -> dict:
@@ -448,6 +454,8 @@ def _finish(ex: dict, layout: _Layout) -> dict:
         else:
             masks = _cropped_masks(masks, to_original(kept, scale), layout.mask_size)
         result["masks"] = _pad_rows(masks, m)
+    if layout.with_crowd:
+        result["iscrowd"] = _pad_rows(tf.gather(ex["iscrowd"], keep), m, False)
     result["meta"] = {
         "image_id": ex["image_id"], "index": ex["index"], "scale": scale,
         "image_shape": tf.shape(image)[:2], "resized_shape": resized_hw,
@@ -465,8 +473,11 @@ def _finish(ex: dict, layout: _Layout) -> dict:
 def _apply_batch_augment(batch: dict, batch_augment, seed, pass_seed: bool,
                          layout: _Layout) -> dict:
     """Runs ``batch_augment`` on a padded batch (Keras bounding-box dict convention)."""
+    labels = batch["labels"]
+    if layout.with_crowd:
+        labels = tf.where(batch["iscrowd"] & (labels >= 0), labels + CROWD_TAG, labels)
     data = {"images": batch["images"],
-            "bounding_boxes": {"boxes": batch["boxes"], "labels": batch["labels"]}}
+            "bounding_boxes": {"boxes": batch["boxes"], "labels": labels}}
     if layout.with_masks:
         data["segmentation_masks"] = tf.transpose(batch["masks"], [0, 2, 3, 1])
     out = batch_augment(data, seed=seed) if pass_seed else batch_augment(data)
@@ -475,8 +486,12 @@ def _apply_batch_augment(batch: dict, batch_augment, seed, pass_seed: bool,
                                        batch["images"].shape)
     result["boxes"] = tf.ensure_shape(tf.cast(out["bounding_boxes"]["boxes"], tf.float32),
                                       batch["boxes"].shape)
-    result["labels"] = tf.ensure_shape(tf.cast(out["bounding_boxes"]["labels"], tf.int32),
-                                       batch["labels"].shape)
+    labels = tf.ensure_shape(tf.cast(out["bounding_boxes"]["labels"], tf.int32),
+                             batch["labels"].shape)
+    if layout.with_crowd:
+        result["iscrowd"] = labels >= CROWD_TAG
+        labels = tf.where(result["iscrowd"], labels - CROWD_TAG, labels)
+    result["labels"] = labels
     if layout.with_masks:
         masks = tf.cast(tf.cast(out["segmentation_masks"], tf.float32) >= 0.5, tf.uint8)
         result["masks"] = tf.ensure_shape(tf.transpose(masks, [0, 3, 1, 2]),
@@ -486,6 +501,8 @@ def _apply_batch_augment(batch: dict, batch_augment, seed, pass_seed: bool,
 
 def _to_keras(batch: dict, with_meta: bool):
     y = {"boxes": batch["boxes"], "labels": batch["labels"]}
+    if "iscrowd" in batch:
+        y["iscrowd"] = batch["iscrowd"]
     if "masks" in batch:
         y["masks"] = batch["masks"]
     return (batch["images"], y, batch["meta"]) if with_meta else (batch["images"], y)
@@ -640,7 +657,9 @@ def detection_batches(split: DetectionSplit, *, image_size, resize: str = "fixed
 
         * ``x``: float32 ``[B,h,w,3]`` 0..255 (zero padding beyond ``meta["resized_shape"]``);
         * ``y``: ``{"boxes": f32 [B,M,4] xyxy resized pixels, "labels": i32 [B,M] (-1 =
-          padding), "masks": uint8 [B,M,mh,mw] 0/1 (with_masks)}``;
+          padding), "iscrowd": bool [B,M] (only when the split has crowd boxes: COCO
+          ``iscrowd``, Cityscapes ``*group``; detectors ignore anchors on them),
+          "masks": uint8 [B,M,mh,mw] 0/1 (with_masks)}``;
         * ``meta``: ``{"image_id": int64 (all ids ints) or string [B], "index": i32 [B]
           (record index), "scale": f32 [B,2] (y, x), "image_shape": i32 [B,2] (H, W before
           resizing = the original when not augmented), "resized_shape": i32 [B,2],
@@ -653,7 +672,8 @@ def detection_batches(split: DetectionSplit, *, image_size, resize: str = "fixed
     _check_args(split, batch_size, max_instances, training, epochs, initial_epoch)
     spec = resize_spec(image_size, resize, pad_size)
     mask_size = _check_masks(split, with_masks, mask_size, batch_augment)
-    layout = _Layout(spec, int(max_instances), bool(with_masks), mask_size)
+    with_crowd = any(bool(np.any(r.iscrowd)) for r in split.records)
+    layout = _Layout(spec, int(max_instances), bool(with_masks), mask_size, with_crowd)
     opts = _Options(layout, int(batch_size), int(seed), augment, batch_augment,
                     bool(drop_difficult_in_training), bool(with_meta))
     capped = _count_capped(split, max_instances)

@@ -198,6 +198,11 @@ class COCOEvalCallback(keras.callbacks.Callback):
         keys = LOG_KEYS + (VOC_LOG_KEYS if self.voc else ())
         self.last = {self.prefix + k: 0.0 for k in keys}
 
+    def restore_logs(self, logs: Mapping) -> None:
+        """Takes back the values a resumed run committed (carried until the next
+        evaluation)."""
+        self.last = {k: float(logs.get(k, v)) for k, v in self.last.items()}
+
     def _due(self, epoch: int) -> bool:
         last_epoch = (self.params or {}).get("epochs")
         return (epoch + 1) % self.every == 0 or (last_epoch is not None

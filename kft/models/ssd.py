@@ -76,6 +76,8 @@ class SSD(keras.Model):
         sizes: ``L + 1`` default-box sizes as fractions of the image side (None: the paper's
             linear rule from ``min_ratio`` 0.2 to ``max_ratio`` 0.9).
         aspect_ratios: ``L`` tuples of extra aspect ratios per level.
+        steps: ``L`` strides in pixels placing the default-box centres (the paper's Caffe
+            ``(8, 16, 32, 64, 100, 300)`` for SSD300); None: image size / feature size.
         head: ``"conv"`` (SSD) or ``"depthwise"`` (SSDLite).
         iou_threshold: matching threshold (0.5); ``neg_pos_ratio``: hard negatives per positive.
         cls_loss / box_loss: ``"ce"`` or ``"focal"``; ``"smooth_l1"`` or ``"giou"``.
@@ -83,7 +85,8 @@ class SSD(keras.Model):
         score_threshold, nms_iou_threshold, max_detections: the decoder's settings.
     """
 
-    def __init__(self, backbone, num_classes, *, sizes=None, aspect_ratios=None, head="conv",
+    def __init__(self, backbone, num_classes, *, sizes=None, aspect_ratios=None, steps=None,
+                 head="conv",
                  variances=SSD_VARIANCES, iou_threshold=0.5, neg_pos_ratio=3.0, cls_loss="ce",
                  box_loss="smooth_l1", cls_weight=1.0, loc_weight=1.0, label_smoothing=0.0,
                  score_threshold=0.01, nms_iou_threshold=0.45, max_detections=100, **kwargs):
@@ -109,6 +112,7 @@ class SSD(keras.Model):
         self.image_size = (int(h), int(w))
         self.sizes = None if sizes is None else tuple(float(s) for s in sizes)
         self.aspect_ratios = aspect_ratios
+        self.steps = None if not steps else tuple(int(v) for v in steps)
         self.head = head
         self.variances = tuple(float(v) for v in variances)
         self.iou_threshold = float(iou_threshold)
@@ -123,7 +127,7 @@ class SSD(keras.Model):
         self.max_detections = int(max_detections)
         feature_shapes = [tuple(int(d) for d in lv.shape[1:3]) for lv in levels]
         self.anchors = ssd_default_boxes(self.image_size, feature_shapes, sizes=self.sizes,
-                                         aspect_ratios=aspect_ratios)
+                                         aspect_ratios=aspect_ratios, steps=self.steps)
         self.decoder = SSDDecoder(self.anchors, self.image_size, self.variances,
                                   self.score_threshold, self.nms_iou_threshold,
                                   max_detections=self.max_detections, name="decoder")
@@ -133,11 +137,13 @@ class SSD(keras.Model):
     # --- training ---------------------------------------------------------------------------
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        """Matching (best prior per object + IoU >= threshold), encoding and the multibox loss
-        with 3:1 hard negative mining, normalised by the number of positives."""
+        """Matching (best prior per object + IoU >= threshold; anchors on crowd boxes, given
+        as ``y["iscrowd"]``, ignored), encoding and the multibox loss with 3:1 hard negative
+        mining, normalised by the number of positives."""
         gt_boxes = ops.cast(y["boxes"], "float32")
         gt_labels = ops.cast(y["labels"], "int32")
-        index, _ = match(gt_boxes, gt_labels, self.anchors, iou_threshold=self.iou_threshold)
+        index, _ = match(gt_boxes, gt_labels, self.anchors, iou_threshold=self.iou_threshold,
+                         gt_crowd=y.get("iscrowd"))
         cls_t, box_t, _ = targets(gt_boxes, gt_labels, self.anchors, index, self.variances)
         out = ssd_multibox_loss(
             y_pred["cls_logits"], y_pred["box_deltas"], cls_t, box_t,
@@ -181,6 +187,7 @@ class SSD(keras.Model):
             "num_classes": self.num_classes,
             "sizes": None if self.sizes is None else list(self.sizes),
             "aspect_ratios": [list(a) for a in self.aspect_ratios],
+            "steps": None if self.steps is None else list(self.steps),
             "head": self.head,
             "variances": list(self.variances),
             "iou_threshold": self.iou_threshold,

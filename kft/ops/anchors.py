@@ -36,6 +36,10 @@ import numpy as np
 # it the step is image size / feature size (7.89 instead of 8 for the 38x38 map).
 SSD300_FEATURE_SHAPES = (38, 19, 10, 5, 3, 1)
 SSD300_SIZES = (0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05)
+# The paper's Pascal VOC setting for SSD300 (Caffe min_sizes 30, 60, 111, 162, 213, 264 and
+# max size 315 px, i.e. s_min = 0.2 with a first level of 0.1); SSD512_SIZES already are the
+# Caffe VOC ones (35.84 ... 537.6 px / 512).
+SSD300_VOC_SIZES = (0.1, 0.2, 0.37, 0.54, 0.71, 0.88, 1.05)
 SSD300_ASPECT_RATIOS = ((2,), (2, 3), (2, 3), (2, 3), (2,), (2,))
 SSD300_STEPS = (8, 16, 32, 64, 100, 300)
 SSD512_FEATURE_SHAPES = (64, 32, 16, 8, 4, 2, 1)

@@ -41,6 +41,25 @@ def box_area(boxes):
     return w * h
 
 
+def pairwise_intersection(a, b):
+    """Intersection areas of every box in ``a`` ``[..., N, 4]`` with every box in ``b``
+    ``[..., M, 4]`` -> ``[..., N, M]``."""
+    a = ops.convert_to_tensor(a, "float32")
+    b = ops.convert_to_tensor(b, "float32")
+    lt = ops.maximum(a[..., :, None, :2], b[..., None, :, :2])
+    rb = ops.minimum(a[..., :, None, 2:], b[..., None, :, 2:])
+    wh = ops.maximum(rb - lt, 0.0)
+    return wh[..., 0] * wh[..., 1]
+
+
+def pairwise_ioa(a, b):
+    """Intersection over the area of ``a``: ``[..., N, 4]`` x ``[..., M, 4]`` -> ``[..., N, M]``
+    (how much of each ``a`` box lies inside each ``b`` box; pycocotools' crowd rule). Empty
+    ``a`` boxes get 0."""
+    area = box_area(ops.convert_to_tensor(a, "float32"))[..., :, None]
+    return ops.where(area > 0, pairwise_intersection(a, b) / ops.maximum(area, 1e-12), 0.0)
+
+
 def pairwise_iou(a, b):
     """IoU of every box in ``a`` ``[N, 4]`` with every box in ``b`` ``[M, 4]`` -> ``[N, M]``.
 
@@ -49,10 +68,7 @@ def pairwise_iou(a, b):
     """
     a = ops.convert_to_tensor(a, "float32")
     b = ops.convert_to_tensor(b, "float32")
-    lt = ops.maximum(a[..., :, None, :2], b[..., None, :, :2])
-    rb = ops.minimum(a[..., :, None, 2:], b[..., None, :, 2:])
-    wh = ops.maximum(rb - lt, 0.0)
-    inter = wh[..., 0] * wh[..., 1]
+    inter = pairwise_intersection(a, b)
     union = box_area(a)[..., :, None] + box_area(b)[..., None, :] - inter
     return ops.where(union > 0, inter / ops.maximum(union, 1e-12), 0.0)
 

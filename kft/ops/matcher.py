@@ -10,8 +10,8 @@ in-graph.
 
 * ``>= 0``: index into the ``M`` ground-truth rows of that image (positive anchor);
 * ``BACKGROUND = -1``: negative anchor;
-* ``IGNORE = -2``: neither (IoU in ``[negative_threshold, iou_threshold)``), left out of the
-  classification loss.
+* ``IGNORE = -2``: neither (IoU in ``[negative_threshold, iou_threshold)``, or an anchor lying
+  on a crowd box), left out of the classification loss.
 """
 
 from __future__ import annotations
@@ -21,14 +21,15 @@ from collections.abc import Sequence
 from keras import ops
 
 from kft.ops.box_coder import SSD_VARIANCES, encode
-from kft.ops.boxes import pairwise_iou
+from kft.ops.boxes import pairwise_ioa, pairwise_iou
 
 BACKGROUND = -1
 IGNORE = -2
 
 
 def match(gt_boxes, gt_labels, anchors, *, iou_threshold: float = 0.5,
-          negative_threshold: float | None = None, allow_low_quality: bool = True):
+          negative_threshold: float | None = None, allow_low_quality: bool = True,
+          gt_crowd=None):
     """Assigns each anchor a ground-truth box, background or ignore.
 
     Rules (SSD, Liu et al. 2016, with detectron2's optional ignore band):
@@ -42,6 +43,12 @@ def match(gt_boxes, gt_labels, anchors, *, iou_threshold: float = 0.5,
        the threshold, provided that IoU is above 0. When several ground truths claim the same
        anchor, the one it overlaps most wins (ties: lower ground-truth index).
 
+    4. Crowd rows (``gt_crowd``: COCO ``iscrowd``, Cityscapes ``*group``) are regions of many
+       unannotated instances: they never match or claim an anchor, and an anchor that is not
+       positive and lies mostly inside one (intersection over the anchor's area at least
+       ``iou_threshold``, pycocotools' crowd rule) is ``IGNORE`` rather than background, as
+       in detectron2 / torchvision, so it is trained neither as object nor as background.
+
     Padded rows (label < 0) never match and never claim an anchor.
 
     Args:
@@ -52,6 +59,7 @@ def match(gt_boxes, gt_labels, anchors, *, iou_threshold: float = 0.5,
         negative_threshold: IoU below which an anchor is background; ``None`` means the
             same as ``iou_threshold`` (no ignore band). Must not exceed ``iou_threshold``.
         allow_low_quality: apply rule 3.
+        gt_crowd: optional bool ``[B, M]``, True for crowd rows (rule 4).
 
     Returns:
         ``(matched_gt_index int32 [B, A], matched_iou float32 [B, A])``: ``matched_iou`` is
@@ -68,6 +76,10 @@ def match(gt_boxes, gt_labels, anchors, *, iou_threshold: float = 0.5,
         return ops.full(shape, BACKGROUND, "int32"), ops.zeros(shape, "float32")
 
     real = gt_labels >= 0                                             # [B, M]
+    crowd = None
+    if gt_crowd is not None:
+        crowd = ops.logical_and(ops.convert_to_tensor(gt_crowd, "bool"), real)
+        real = ops.logical_and(real, ops.logical_not(crowd))
     iou = pairwise_iou(anchors, gt_boxes)                             # [B, A, M]
     iou = ops.where(real[:, None, :], iou, -1.0)
     best_iou = ops.max(iou, axis=2)                                   # [B, A]
@@ -89,6 +101,10 @@ def match(gt_boxes, gt_labels, anchors, *, iou_threshold: float = 0.5,
         forced_gt = ops.cast(ops.argmax(claim_iou, axis=2), "int32")
         matched = ops.where(forced, forced_gt, matched)
         matched_iou = ops.where(forced, ops.max(claim_iou, axis=2), matched_iou)
+    if crowd is not None:
+        ioa = ops.where(crowd[:, None, :], pairwise_ioa(anchors, gt_boxes), 0.0)  # [B, A, M]
+        on_crowd = ops.max(ioa, axis=2) >= iou_threshold
+        matched = ops.where(ops.logical_and(on_crowd, matched < 0), IGNORE, matched)
     return matched, matched_iou
 
 

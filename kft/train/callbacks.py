@@ -4,12 +4,16 @@ early stopping that survives a resume.
 Checkpoint layout (``run/checkpoints``)::
 
     epoch-0003.weights.h5   model + optimiser variables after epoch 3 (Keras save_weights)
-    best.npz                best weights so far for early stopping (when enabled)
-    state.json              {"epoch": 3, "weights": "epoch-0003.weights.h5", ...}
+    best-0002.npz           best weights so far for early stopping (when enabled)
+    state.json              {"epoch": 3, "weights": "epoch-0003.weights.h5",
+                             "best_weights": "best-0002.npz", "early_stopping": {...},
+                             "stopped_early": false, "logs": {...}, ...}
 
-``state.json`` is the commit point: it is replaced atomically (``os.replace``) only after the
-weights file it names is completely written, so a run killed at any instant resumes from a
-consistent (weights, optimiser, epoch) triple.
+``state.json`` is the commit point: it is replaced atomically (``os.replace``) only after every
+file it names is completely written, and files are named per epoch, so a run killed at any
+instant resumes from one consistent epoch: weights, optimiser, best weights, early-stopping
+counters and the epoch's logs (history.csv is written before the commit and truncated to the
+committed epochs on resume). Files of older epochs are deleted after the commit.
 """
 
 from __future__ import annotations
@@ -137,19 +141,28 @@ class EpochCheckpoint(keras.callbacks.Callback):
             "logs": {k: float(v) for k, v in logs.items() if np.isscalar(v)},
         }
         es = self.early_stopping
+        best_name = None
         if es is not None:
             state["early_stopping"] = es.state()
+            best_name = (read_state(self.directory) or {}).get("best_weights")
             if es.best_epoch == epoch and es.best_weights is not None:
-                best_tmp = self.directory / "best.tmp.npz"
+                best_name = f"best-{epoch + 1:04d}.npz"
+                best_tmp = self.directory / f"partial-best-{epoch + 1:04d}.npz"
                 np.savez(best_tmp, *es.best_weights)
-                os.replace(best_tmp, self.directory / "best.npz")
+                os.replace(best_tmp, self.directory / best_name)
+            state["best_weights"] = best_name
+            state["stopped_early"] = bool(self.model.stop_training and
+                                          es.stopped_epoch == epoch)
         atomic_write_text(self.directory / "state.json", json.dumps(state, indent=2))
-        self._prune(keep_name=name)
+        self._prune(keep_name=name, best_name=best_name)
 
-    def _prune(self, keep_name: str):
+    def _prune(self, keep_name: str, best_name: str | None):
         files = sorted(self.directory.glob("epoch-*.weights.h5"))
         for f in files[: max(0, len(files) - self.keep)]:
             if f.name != keep_name:
+                f.unlink(missing_ok=True)
+        for f in self.directory.glob("best*.npz"):
+            if f.name != best_name:
                 f.unlink(missing_ok=True)
 
 
@@ -168,7 +181,7 @@ def restore_checkpoint(model, directory, early_stopping: ResumableEarlyStopping 
         raise FileNotFoundError(f"{directory}/state.json names {state['weights']}, which is missing")
     model.load_weights(path)
     if early_stopping is not None and "early_stopping" in state:
-        best = Path(directory) / "best.npz"
+        best = Path(directory) / (state.get("best_weights") or "best.npz")
         weights = None
         if best.is_file():
             with np.load(best) as data:

@@ -21,25 +21,20 @@ import keras
 from kft import config as cfg
 from kft.data import (
     ClassificationAugment,
+    ClassificationSplit,
     DataReport,
     classification_batches,
     load_tfds,
     make_shapes_classification,
     read_image_folder,
+    stratified_split,
 )
 from kft.eval.classification import evaluate_classifier
 from kft.eval.plots import plot_confusion_matrix, plot_history
 from kft.models.classifier import ResNetClassifier
-from kft.train.finetune import (
-    ProgressiveUnfreeze,
-    candidate_trainable_variables,
-    set_trainable_stages,
-    stage_lr_multipliers,
-)
-from kft.train.optimizers import build_optimizer
 from kft.train.runs import (
+    compile_for_training,
     fit,
-    logging_callbacks,
     prepare_model,
     prepare_run_dir,
     read_history,
@@ -47,7 +42,6 @@ from kft.train.runs import (
     set_precision,
     training_callbacks,
 )
-from kft.train.schedules import build_schedule
 
 
 @dataclass
@@ -100,6 +94,31 @@ def prepare_data(data: cfg.Data, run_dir: Path, seed: int) -> ClassificationData
                               len(val.paths), report, generated)
 
 
+def hold_out_for_selection(data: ClassificationData, fraction: float, seed: int):
+    """Splits a seeded, stratified ``fraction`` off the training data for model selection
+    (early stopping / best weights, D9), so the val split stays untouched for the reported
+    metrics. Returns the selection source; ``data`` keeps the rest for training."""
+    source = data.train_source
+    if isinstance(source, ClassificationSplit):
+        keep, held = stratified_split(source.labels, fraction, seed)
+        if not keep or not held:
+            raise cfg.ConfigError(f"data.val_fraction={fraction}: too few training images "
+                                  f"({len(source)}) to hold out a model-selection slice")
+
+        def pick(idx):
+            return ClassificationSplit([source.paths[i] for i in idx],
+                                       [source.labels[i] for i in idx], source.class_names,
+                                       [source.sources[i] for i in idx])
+
+        data.train_source, selection = pick(keep), pick(held)
+        data.num_train = len(keep)
+        return selection
+    dataset, n = source  # TFDS: (dataset, size) in the dataset's fixed order
+    k = min(max(1, int(round(n * fraction))), n - 1)
+    data.train_source, data.num_train = (dataset.skip(k), n - k), n - k
+    return dataset.take(k), k
+
+
 def build_model(model_cfg: cfg.Model, num_classes: int, image_size: int) -> ResNetClassifier:
     return ResNetClassifier.from_arch(
         model_cfg.arch, num_classes=num_classes, image_size=image_size, preset=model_cfg.preset,
@@ -107,28 +126,18 @@ def build_model(model_cfg: cfg.Model, num_classes: int, image_size: int) -> ResN
         se_stages=model_cfg.se_stages, se_reduction=model_cfg.se_reduction)
 
 
-def compile_model(model, train: cfg.Train, steps_per_epoch: int, num_classes: int):
-    """Compiles with the recipe's optimiser, schedule, loss and metrics; builds the optimiser on
-    every variable that may ever train (see ``candidate_trainable_variables``)."""
-    schedule = build_schedule(train, steps_per_epoch)
-    multipliers = stage_lr_multipliers(model, train.layer_lrs, train.learning_rate)
-    optimizer = build_optimizer(
-        train.optimizer, schedule, momentum=train.momentum, nesterov=train.nesterov,
-        weight_decay=train.weight_decay, clipnorm=train.clipnorm,
-        grad_accum_steps=train.grad_accum_steps, lr_multipliers=multipliers)
-    model.compile(
-        optimizer=optimizer,
+def compile_model(model, train: cfg.Train, steps_per_epoch: int, num_classes: int) -> list:
+    """Freezes stages and compiles with the recipe's optimiser, schedule, loss and metrics
+    (:func:`kft.train.runs.compile_for_training`); returns the freezing schedule's callbacks."""
+    return compile_for_training(
+        model, train, steps_per_epoch,
         loss=keras.losses.CategoricalCrossentropy(from_logits=True,
                                                   label_smoothing=train.label_smoothing),
         metrics=[
             keras.metrics.CategoricalAccuracy(name="accuracy"),
             keras.metrics.TopKCategoricalAccuracy(k=min(5, num_classes), name="top5_accuracy"),
             keras.metrics.F1Score(average="macro", name="macro_f1"),
-        ],
-        jit_compile=train.jit_compile,
-    )
-    model.optimizer.build(candidate_trainable_variables(model))
-    return model
+        ])
 
 
 def run_classification(recipe: cfg.Recipe, run_dir: str | Path, resume: bool = False,
@@ -150,9 +159,16 @@ def run_classification(recipe: cfg.Recipe, run_dir: str | Path, resume: bool = F
 def _run(recipe, run_dir, ckpt_dir, resume, verbose, t0):
     d, m, t = recipe.data, recipe.model, recipe.train
     data = prepare_data(d, run_dir, t.seed)
+    selection = None
+    if t.early_stopping_patience > 0:
+        selection = hold_out_for_selection(data, d.val_fraction, t.seed)
+        print(f"[kft] model selection (early stopping): val_* in history.csv are on "
+              f"{_size(selection)} training images held out (data.val_fraction="
+              f"{d.val_fraction}); metrics.json is on the val split ({data.num_val} images)")
     report = data.report.to_dict()
     report.update({"class_names": data.class_names, "num_train": data.num_train,
-                   "num_val": data.num_val, "generated": data.generated, "root": d.root})
+                   "num_val": data.num_val, "generated": data.generated, "root": d.root,
+                   "num_selection": _size(selection) if selection is not None else 0})
     (run_dir / "data_report.json").write_text(json.dumps(report, indent=2))
     (run_dir / "class_names.json").write_text(json.dumps(data.class_names))
     if report.get("num_skipped"):
@@ -166,41 +182,38 @@ def _run(recipe, run_dir, ckpt_dir, resume, verbose, t0):
     model = build_model(m, num_classes, d.image_size)
     prepare_model(model, m, run_dir, ckpt_dir)
 
-    progressive = t.unfreeze_every > 0
-    if progressive:
-        initial = 0 if tuple(t.trainable_stages) in (("none",), ()) else len(
-            set_trainable_stages(model, t.trainable_stages))
-        unfreezer = ProgressiveUnfreeze(initial, t.unfreeze_every, t.unfreeze_per_round)
-    else:
-        set_trainable_stages(model, t.trainable_stages)
-
     augment = ClassificationAugment(seed=t.seed) if d.augment else None
     steps = data.num_train // t.batch_size
     if steps < 1:
         raise cfg.ConfigError(f"train.batch_size={t.batch_size} is larger than the training "
                               f"split ({data.num_train} images)")
-    compile_model(model, t, steps, num_classes)
+    extra = compile_model(model, t, steps, num_classes)
 
-    callbacks, es, nan_stop = training_callbacks(t, ckpt_dir, t.monitor or "val_macro_f1")
-    if progressive:
-        callbacks.append(unfreezer)
-    initial_epoch = resume_state(model, ckpt_dir, es, resume)
-    callbacks += logging_callbacks(run_dir, initial_epoch)
+    callbacks, es, nan_stop = training_callbacks(t, ckpt_dir, t.monitor or "val_macro_f1",
+                                                 run_dir, resume, extra=extra)
+    initial_epoch = resume_state(model, ckpt_dir, es, resume, t.epochs)
 
     train_batches = classification_batches(
         data.train_source, image_size=d.image_size, batch_size=t.batch_size,
         num_classes=num_classes, training=True, seed=t.seed, augment=augment, cache=d.cache,
-        epochs=t.epochs, initial_epoch=initial_epoch, shuffle_buffer=d.shuffle_buffer)
+        epochs=t.epochs, initial_epoch=min(initial_epoch, t.epochs - 1),
+        shuffle_buffer=d.shuffle_buffer)
     val_batches = classification_batches(
         data.val_source, image_size=d.image_size, batch_size=recipe.eval.batch_size,
         num_classes=num_classes, training=False, seed=t.seed, cache=d.cache)
+    monitored = val_batches if selection is None else classification_batches(
+        selection, image_size=d.image_size, batch_size=recipe.eval.batch_size,
+        num_classes=num_classes, training=False, seed=t.seed, cache=d.cache)
 
-    fit(model, train_batches, val_batches.dataset, t, callbacks, initial_epoch, ckpt_dir,
+    fit(model, train_batches, monitored.dataset, t, callbacks, initial_epoch, ckpt_dir,
         nan_stop, es, verbose)
 
     model.save(run_dir / "model.keras")
     metrics = evaluate_classifier(model.predict_on_batch, val_batches.dataset, data.class_names)
     metrics["generated_data"] = data.generated
+    metrics["split"] = f"val ({data.num_val} images)"
+    metrics["selection_split"] = (f"{_size(selection)} images held out of train"
+                                  if selection is not None else None)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
 
     plots = {}
@@ -234,9 +247,15 @@ def _run(recipe, run_dir, ckpt_dir, resume, verbose, t0):
                    (export_report or {}).items() if isinstance(v, dict) and v.get("path")},
         "seconds": round(time.time() - t0, 1),
         "generated_data": data.generated,
+        "split": metrics["split"],
+        "selection_split": metrics["selection_split"],
     }
     _print_summary(summary, export_report)
     return summary
+
+
+def _size(source) -> int:
+    return len(source) if isinstance(source, ClassificationSplit) else int(source[1])
 
 
 def _print_summary(summary: dict, export_report: dict | None):
@@ -244,6 +263,9 @@ def _print_summary(summary: dict, export_report: dict | None):
     print("\n==== kft run summary ====")
     if summary["generated_data"]:
         print("data:      GENERATED by kft (synthetic shapes), not real images")
+    print(f"evaluated: {summary['split']}" + (
+        f"; model selected on {summary['selection_split']}" if summary["selection_split"]
+        else ""))
     print(f"accuracy:  {m['accuracy']:.4f}   top-5: {m['top5_accuracy']:.4f}   "
           f"macro-F1: {m['macro_f1']:.4f}")
     if export_report:

@@ -17,6 +17,7 @@ import keras
 from kft import config as cfg
 from kft.data import DataReport, detection_batches, read_cityscapes, read_coco, read_voc
 from kft.data.detection_augment import default_detection_augment, ssd_augment
+from kft.data.readers.detection import align_classes
 from kft.data.shapes import SHAPE_CLASSES, make_shapes_detection
 from kft.eval.detection import COCOEvalCallback, evaluate_detector
 from kft.eval.detection_plots import plot_detection_gallery, plot_per_class_ap
@@ -32,10 +33,9 @@ from kft.ops.anchors import (
     SSDLITE320_SIZES,
     SSDLITE_ASPECT_RATIOS,
 )
-from kft.train.optimizers import build_optimizer
 from kft.train.runs import (
+    compile_for_training,
     fit,
-    logging_callbacks,
     prepare_model,
     prepare_run_dir,
     read_history,
@@ -43,7 +43,6 @@ from kft.train.runs import (
     set_precision,
     training_callbacks,
 )
-from kft.train.schedules import build_schedule
 
 SSD_ARCHS = ("ssd300_vgg16", "ssd512_vgg16", "ssdlite_mobilenet_v2", "ssdlite_mobilenet_v3")
 
@@ -141,7 +140,8 @@ def build_detector(m: cfg.Model, t: cfg.Train, e: cfg.Eval, num_classes: int,
     if m.arch.endswith("vgg16") and m.backbone_weights:
         load_vgg16_imagenet(backbone, m.backbone_weights)
     model = SSD(backbone, num_classes, sizes=m.default_box_sizes or sizes,
-                aspect_ratios=m.default_box_aspect_ratios or ratios, head=head,
+                aspect_ratios=m.default_box_aspect_ratios or ratios,
+                steps=m.default_box_steps or None, head=head,
                 iou_threshold=t.iou_threshold, neg_pos_ratio=t.neg_pos_ratio,
                 cls_loss=t.cls_loss, box_loss=t.box_loss, cls_weight=t.cls_weight,
                 loc_weight=t.loc_weight, label_smoothing=t.label_smoothing,
@@ -203,14 +203,47 @@ def run_detection(recipe: cfg.Recipe, run_dir: str | Path, resume: bool = False,
         keras.config.set_dtype_policy("float32")
 
 
+DRY_RUN_IMAGES = 3  # batches of 2: one full, one partial (the shapes a real split gives)
+
+
+def read_splits(d: cfg.Data, run_dir: Path, seed: int):
+    """``(train, val)`` splits with val's labels in train's class order (checked by name)."""
+    train_split = read_split(d, d.train_split, run_dir)
+    val_root = d.val_root or d.root
+    val_split = read_split(d, d.val_split, run_dir, val_root)
+    try:
+        val_split = align_classes(train_split, val_split, f"{d.root} split {d.train_split!r}",
+                                  f"{val_root} split {d.val_split!r}")
+    except ValueError as e:
+        raise cfg.ConfigError(str(e)) from None
+    return train_split, val_split
+
+
+def dry_run_evaluation(model, split, d: cfg.Data, seed: int) -> None:
+    """Evaluates the freshly built model on the first images of ``split`` in a full and a
+    partial batch, so that a broken evaluation path fails in seconds, not after an epoch."""
+    few = split.subset(range(min(DRY_RUN_IMAGES, len(split))))
+    batches = detection_batches(few, image_size=d.image_size, resize=d.resize, batch_size=2,
+                                max_instances=d.max_instances, training=False, seed=seed,
+                                with_meta=True)
+    evaluate_detector(model.predict_on_batch, few, batches.dataset, voc=d.format == "voc")
+
+
 def _run(recipe, run_dir, ckpt_dir, resume, verbose, t0):
     d, m, t, e = recipe.data, recipe.model, recipe.train, recipe.eval
-    train_split = read_split(d, d.train_split, run_dir)
-    val_split = read_split(d, d.val_split, run_dir, d.val_root or d.root)
+    train_split, val_split = read_splits(d, run_dir, t.seed)
     report = DataReport().merge(train_split.report).merge(val_split.report).to_dict()
+    selecting = t.early_stopping_patience > 0
+    if selecting and e.every == 0:
+        raise cfg.ConfigError("train.early_stopping_patience needs in-training evaluation: "
+                              "set eval.every >= 1 (or early_stopping_patience=0)")
+    select_split = None
+    if selecting:  # D9: model selection on a held-out slice of train, never on the val split
+        train_split, select_split = train_split.holdout(d.val_fraction, t.seed)
     report.update({"class_names": train_split.class_names, "num_train": len(train_split),
                    "num_val": len(val_split), "root": d.root, "format": d.format,
-                   "generated": _generated(d.root)})
+                   "generated": _generated(d.root),
+                   "num_selection": len(select_split) if select_split else 0})
     (run_dir / "data_report.json").write_text(json.dumps(report, indent=2))
     (run_dir / "class_names.json").write_text(json.dumps(train_split.class_names))
     if report["num_skipped"]:
@@ -225,37 +258,48 @@ def _run(recipe, run_dir, ckpt_dir, resume, verbose, t0):
     num_classes = m.num_classes or len(train_split.class_names)
     model = build_detector(m, t, e, num_classes, d.image_size)
     prepare_model(model, m, run_dir, ckpt_dir)
+    dry_run_evaluation(model, val_split, d, t.seed)
 
     steps = len(train_split) // t.batch_size
     if steps < 1:
         raise cfg.ConfigError(f"train.batch_size={t.batch_size} is larger than the training "
                               f"split ({len(train_split)} images)")
-    optimizer = build_optimizer(t.optimizer, build_schedule(t, steps), momentum=t.momentum,
-                                nesterov=t.nesterov, weight_decay=t.weight_decay,
-                                clipnorm=t.clipnorm, grad_accum_steps=t.grad_accum_steps)
-    model.compile(optimizer=optimizer, jit_compile=t.jit_compile)
-    model.optimizer.build(model.trainable_variables)
+    extra = compile_for_training(model, t, steps)
 
     val_batches = detection_batches(val_split, image_size=d.image_size, resize=d.resize,
                                     batch_size=e.batch_size, max_instances=d.max_instances,
                                     training=False, seed=t.seed, with_meta=True)
-    coco = COCOEvalCallback(val_split, val_batches.dataset, every=e.every,
-                            voc=d.format == "voc")
+    metric_callbacks = []
+    if e.every > 0:
+        monitored = select_split or val_split
+        monitored_batches = val_batches if select_split is None else detection_batches(
+            select_split, image_size=d.image_size, resize=d.resize, batch_size=e.batch_size,
+            max_instances=d.max_instances, training=False, seed=t.seed, with_meta=True)
+        metric_callbacks.append(COCOEvalCallback(monitored, monitored_batches.dataset,
+                                                 every=e.every, voc=d.format == "voc"))
+    if select_split is not None:
+        print(f"[kft] model selection (early stopping): val_* in history.csv are on "
+              f"{len(select_split)} images held out of the training split "
+              f"(data.val_fraction={d.val_fraction}); metrics.json is on {d.val_split!r}")
     monitor = t.monitor or "val_bbox_AP50"
-    callbacks, es, nan_stop = training_callbacks(t, ckpt_dir, monitor, metric_callbacks=[coco])
-    initial_epoch = resume_state(model, ckpt_dir, es, resume)
-    callbacks += logging_callbacks(run_dir, initial_epoch)
+    callbacks, es, nan_stop = training_callbacks(
+        t, ckpt_dir, monitor, run_dir, resume, metric_callbacks=metric_callbacks, extra=extra)
+    initial_epoch = resume_state(model, ckpt_dir, es, resume, t.epochs, metric_callbacks)
     train_batches = detection_batches(
         train_split, image_size=d.image_size, resize=d.resize, batch_size=t.batch_size,
         max_instances=d.max_instances, training=True, seed=t.seed,
         augment=_augment(d.detection_augment, t.seed), cache=d.cache, epochs=t.epochs,
-        initial_epoch=initial_epoch)
+        initial_epoch=min(initial_epoch, t.epochs - 1))
     fit(model, train_batches, None, t, callbacks, initial_epoch, ckpt_dir, nan_stop, es,
         verbose, monitor)
 
     model.save(run_dir / "model.keras")
     metrics = evaluate_detector(model.predict_on_batch, val_split, val_batches.dataset,
                                 voc=d.format == "voc")
+    metrics["split"] = f"{d.val_root or d.root} split {d.val_split!r}"
+    metrics["selection_split"] = (
+        f"{len(select_split)} images held out of {d.root} split {d.train_split!r}"
+        if select_split is not None else None)
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     plots = {}
     if e.plots:
@@ -288,6 +332,9 @@ def _run(recipe, run_dir, ckpt_dir, resume, verbose, t0):
     print("\n==== kft run summary ====")
     if report["generated"]:
         print("data:      GENERATED (kft's synthetic shapes; not real images)")
+    print(f"evaluated: {metrics['split']} ({metrics['num_images']} images)"
+          + (f"; model selected on {metrics['selection_split']}"
+             if metrics["selection_split"] else ""))
     print("bbox AP {bbox_AP} AP50 {bbox_AP50} AP75 {bbox_AP75}".format(
         **{k: "n/a" if v is None else f"{v:.4f}" for k, v in summary["metrics"].items()}))
     for fmt, r in (export_report or {}).items():

@@ -1,21 +1,44 @@
-"""Freezing, progressive unfreezing and layer-wise learning rates for ResNet classifiers (T1, T2).
+"""Freezing, progressive unfreezing and layer-wise learning rates by backbone stage (T1, T2).
 
-Stages are named as in the guides: ``stem``, ``layer1`` ... ``layerN`` (bottom-up); the head and
-any inserted SE blocks always train. A frozen layer has ``trainable=False``, which in Keras 3 also
+Any model with a ``backbone`` attribute: ResNet classifiers name stages as in the guides
+(``stem``, ``layer1`` ... ``layerN``, bottom-up); SSD's VGG16 ``block1`` ... ``block5``, ``fc``;
+SSDLite's MobileNets ``stem``, ``stride4`` ... ``stride32``. The heads, any inserted SE blocks
+and SSD's extra layers always train. A frozen layer has ``trainable=False``, which in Keras 3 also
 keeps its BatchNormalization in inference mode (moving statistics neither used from the batch nor
 updated).
 """
 
 from __future__ import annotations
 
+import re
+
 import keras
 
-from kft.models.backbones.resnet import stage_names, stage_of
+from kft.models.backbones import resnet
+
+
+def _stage_api(backbone):
+    """``(stage names bottom-up, layer name -> stage or None)`` of a backbone.
+
+    kft's detector backbones (SSD VGG16, SSDLite MobileNet) define ``stage_names()`` and
+    ``stage_of(name)``; keras-hub's ResNet uses torchvision's names (``stem``, ``layer1``...).
+    A layer of no stage (SSD extra layers) always trains, like the heads.
+    """
+    if callable(getattr(backbone, "stage_of", None)):
+        return list(backbone.stage_names()), backbone.stage_of
+    names = resnet.stage_names(backbone)
+    return names, lambda name: resnet.stage_of(name, names[-1])
+
+
+def _leaf_layers(backbone) -> list:
+    """The backbone's layers that own weights, nested sub-models opened."""
+    return [layer for layer in backbone._flatten_layers(include_self=False, recursive=True)
+            if layer.weights and not isinstance(layer, keras.Model)]
 
 
 def resolve_stages(model, stages) -> list[str]:
     """Expands ``("all",)`` / ``("none",)`` / stage names into a validated list of stages."""
-    names = stage_names(model.backbone)
+    names, _ = _stage_api(model.backbone)
     stages = tuple(stages)
     if stages in ((), ("none",)):
         return []
@@ -29,29 +52,34 @@ def resolve_stages(model, stages) -> list[str]:
 
 
 def set_trainable_stages(model, stages) -> list[str]:
-    """Makes exactly ``stages`` of ``model.backbone`` trainable; returns the resolved list."""
+    """Makes exactly ``stages`` of ``model.backbone`` trainable (layers of no stage always
+    train); returns the resolved list."""
     stages = resolve_stages(model, stages)
     backbone = model.backbone
-    last = stage_names(backbone)[-1]
+    _, stage_of = _stage_api(backbone)
     backbone.trainable = True
-    for layer in backbone.layers:  # set one by one: the container's setter does not recurse
-        if layer.weights:
-            layer.trainable = stage_of(layer.name, last) in stages
+    for layer in backbone._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, keras.Model):
+            layer.trainable = True  # containers: their own setter would recurse or not
+    for layer in _leaf_layers(backbone):  # set one by one: a container's setter may not recurse
+        stage = stage_of(layer.name)
+        layer.trainable = stage is None or stage in stages
     return stages
 
 
 def trainable_stages(model) -> list[str]:
     """The backbone stages whose layers are all trainable now, bottom-up."""
-    last = stage_names(model.backbone)[-1]
-    frozen = {stage_of(layer.name, last) for layer in model.backbone.layers
-              if layer.weights and not (layer.trainable and model.backbone.trainable)}
-    present = {stage_of(layer.name, last) for layer in model.backbone.layers if layer.weights}
-    return [s for s in stage_names(model.backbone) if s in present and s not in frozen]
+    names, stage_of = _stage_api(model.backbone)
+    leaves = [(layer, stage_of(layer.name)) for layer in _leaf_layers(model.backbone)]
+    frozen = {stage for layer, stage in leaves
+              if not (layer.trainable and model.backbone.trainable)}
+    present = {stage for _, stage in leaves}
+    return [s for s in names if s in present and s not in frozen]
 
 
 def top_down_stages(model, count: int) -> list[str]:
     """The ``count`` highest stages, e.g. count=2 on a ResNet-50 -> [layer3, layer4]."""
-    names = stage_names(model.backbone)
+    names, _ = _stage_api(model.backbone)
     count = max(0, min(count, len(names)))
     return names[len(names) - count:]
 
@@ -62,11 +90,11 @@ def candidate_trainable_variables(model) -> list:
     The optimiser is built on this list up front so that stages unfrozen later find their slot
     variables, and so that checkpoints always hold the same optimiser variables.
     """
-    layers = model.backbone.layers
+    layers = model.backbone._flatten_layers(include_self=False, recursive=True)
     saved = [(layer, layer.trainable) for layer in layers]
     backbone_trainable = model.backbone.trainable
     model.backbone.trainable = True
-    for layer in layers:  # a functional model's setter does not reach its layers
+    for layer, _ in saved:  # a functional model's setter does not reach its layers
         layer.trainable = True
     variables = list(model.trainable_variables)
     model.backbone.trainable = backbone_trainable
@@ -78,20 +106,31 @@ def candidate_trainable_variables(model) -> list:
 def stage_lr_multipliers(model, layer_lrs: dict, base_lr: float) -> dict:
     """Turns ``{"layer4": 1e-4, "stem": 0}`` into ``{regex: lr / base_lr}`` for the optimiser.
 
-    The head (and SE blocks) keep ``base_lr``; the key ``"head"`` sets it explicitly.
+    Each stage's pattern names its layers (variable paths start with the layer name). The head
+    (everything outside the backbone stages) keeps ``base_lr``; the key ``"head"`` sets it.
     """
-    names = stage_names(model.backbone) + ["head"]
+    names, stage_of = _stage_api(model.backbone)
+    unknown = [s for s in layer_lrs if s not in names + ["head"]]
+    if unknown:
+        raise ValueError(f"train.layer_lrs: unknown stage {unknown[0]!r}; valid: "
+                         f"{names + ['head']}")
+    members: dict[str, list[str]] = {}
+    for layer in _leaf_layers(model.backbone):
+        stage = stage_of(layer.name)
+        if stage is not None:
+            members.setdefault(stage, []).append(layer.name)
+
+    def mult(lr):
+        return float(lr) / base_lr if base_lr else 0.0
+
     patterns = {}
-    for stage, lr in layer_lrs.items():
-        if stage not in names:
-            raise ValueError(f"train.layer_lrs: unknown stage {stage!r}; valid: {names}")
-        mult = float(lr) / base_lr if base_lr else 0.0
-        if stage == "stem":
-            patterns[r"(?:^|/)(conv\d+_|pool1_)"] = mult
-        elif stage == "head":
-            patterns[r"(?:^|/)(head_|predictions/|se_layer)"] = mult
-        else:
-            patterns[rf"(?:^|/)stack{int(stage[5:]) - 1}_"] = mult
+    for stage in names:  # stages first (first match wins), the head's catch-all last
+        if stage in layer_lrs or "head" in layer_lrs:
+            alternatives = "|".join(re.escape(n) for n in sorted(members.get(stage, ())))
+            if alternatives:
+                patterns[rf"^(?:{alternatives})/"] = mult(layer_lrs.get(stage, base_lr))
+    if "head" in layer_lrs:
+        patterns[".*"] = mult(layer_lrs["head"])
     return patterns
 
 

@@ -2,10 +2,16 @@
 
 A task runner (``kft.train.classify``, ``kft.train.detect``) builds its data and model, then::
 
-    callbacks, es, nan_stop = training_callbacks(t, ckpt_dir, metric_callbacks=[...])
-    initial_epoch = resume_state(model, ckpt_dir, es, resume)
-    callbacks += logging_callbacks(run_dir, initial_epoch)
+    extra = compile_for_training(model, t, steps_per_epoch, loss=..., metrics=...)
+    callbacks, es, nan_stop = training_callbacks(t, ckpt_dir, monitor, run_dir,
+                                                 metric_callbacks=[...], extra=extra)
+    initial_epoch = resume_state(model, ckpt_dir, es, resume, t.epochs, metric_callbacks)
     fit(model, train, val, t, callbacks, initial_epoch, ckpt_dir, nan_stop, es, verbose)
+
+Callback order: learning rate, the task's metric callbacks (they write ``val_*`` logs),
+freezing schedule, early stopping, NaN stop, the CSV history row, then the checkpoint commit
+(``state.json``), so a row in history.csv exists exactly for the committed epochs once a
+resumed run has truncated the rows of an epoch that was killed before its commit.
 """
 
 from __future__ import annotations
@@ -24,8 +30,17 @@ from kft.train.callbacks import (
     LearningRateLogger,
     ResumableEarlyStopping,
     StopOnNaN,
+    read_state,
     restore_checkpoint,
 )
+from kft.train.finetune import (
+    ProgressiveUnfreeze,
+    candidate_trainable_variables,
+    set_trainable_stages,
+    stage_lr_multipliers,
+)
+from kft.train.optimizers import build_optimizer
+from kft.train.schedules import build_schedule
 
 
 class TrainingDiverged(RuntimeError):
@@ -64,40 +79,76 @@ def set_precision(policy: str):
     keras.config.set_dtype_policy(names[policy])
 
 
-def training_callbacks(t: cfg.Train, ckpt_dir: Path, monitor: str, metric_callbacks=()):
-    """``(callbacks, early_stopping | None, nan_stop)``: learning-rate logging, the task's metric
-    callbacks (which must write their logs before early stopping reads them), early stopping on
-    ``monitor``, the NaN stop and the atomic checkpoint."""
+def compile_for_training(model, t: cfg.Train, steps_per_epoch: int, **compile_kwargs) -> list:
+    """Freezes backbone stages (T1), builds the schedule (T3) and the optimiser with layer-wise
+    learning rates (T2), weight decay, clipping (T4) and accumulation (T6), compiles, and builds
+    the optimiser on every variable that may ever train. Returns the callbacks the freezing
+    schedule needs (progressive unfreezing, ``train.unfreeze_every``)."""
+    extra = []
+    if t.unfreeze_every > 0:
+        initial = 0 if tuple(t.trainable_stages) in (("none",), ()) else len(
+            set_trainable_stages(model, t.trainable_stages))
+        extra.append(ProgressiveUnfreeze(initial, t.unfreeze_every, t.unfreeze_per_round))
+    else:
+        set_trainable_stages(model, t.trainable_stages)
+    multipliers = stage_lr_multipliers(model, t.layer_lrs, t.learning_rate)
+    optimizer = build_optimizer(
+        t.optimizer, build_schedule(t, steps_per_epoch), momentum=t.momentum,
+        nesterov=t.nesterov, weight_decay=t.weight_decay, clipnorm=t.clipnorm,
+        grad_accum_steps=t.grad_accum_steps, lr_multipliers=multipliers,
+        weight_decay_mode=t.weight_decay_mode)
+    model.compile(optimizer=optimizer, jit_compile=t.jit_compile, **compile_kwargs)
+    model.optimizer.build(candidate_trainable_variables(model))
+    return extra
+
+
+def training_callbacks(t: cfg.Train, ckpt_dir: Path, monitor: str, run_dir: Path,
+                       resume: bool = False, metric_callbacks=(), extra=()):
+    """``(callbacks, early_stopping | None, nan_stop)`` in the order of the module docstring.
+
+    On ``resume``, history rows of epochs after the last commit (run, then killed before
+    their checkpoint) are dropped."""
+    initial_epoch = int((read_state(ckpt_dir) or {}).get("epoch", 0)) if resume else 0
     es = None
-    callbacks = [LearningRateLogger(), *metric_callbacks]
+    callbacks = [LearningRateLogger(), *metric_callbacks, *extra]
     if t.early_stopping_patience > 0:
         es = ResumableEarlyStopping(monitor=monitor, mode="min" if "loss" in monitor
                                     else "max", patience=t.early_stopping_patience,
                                     restore_best_weights=True, verbose=1)
         callbacks.append(es)
     nan_stop = StopOnNaN()
-    callbacks += [nan_stop, EpochCheckpoint(ckpt_dir, early_stopping=es)]
+    truncate_history(run_dir / "history.csv", initial_epoch)
+    callbacks += [nan_stop,
+                  keras.callbacks.CSVLogger(str(run_dir / "history.csv"),
+                                            append=initial_epoch > 0),
+                  EpochCheckpoint(ckpt_dir, early_stopping=es),
+                  keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs"))]
     return callbacks, es, nan_stop
 
 
-def resume_state(model, ckpt_dir: Path, es, resume: bool) -> int:
-    """Loads the last checkpoint when resuming; returns the epoch to start from."""
+def resume_state(model, ckpt_dir: Path, es, resume: bool, epochs: int,
+                 metric_callbacks=()) -> int:
+    """Loads the last checkpoint when resuming; returns the epoch to start from.
+
+    A run that early stopping ended is not trained further (returns ``epochs``). Metric
+    callbacks with ``restore_logs(logs)`` get the committed epoch's logs back (the COCO
+    evaluation's last values, carried between evaluations)."""
     if not resume:
         return 0
     state = restore_checkpoint(model, ckpt_dir, es)
     if state is None:
         print(f"[kft] --resume: no checkpoint in {ckpt_dir}, starting from epoch 1")
         return 0
-    print(f"[kft] resuming after epoch {state['epoch']} (learning rate "
+    for callback in metric_callbacks:
+        if callable(getattr(callback, "restore_logs", None)):
+            callback.restore_logs(state.get("logs", {}))
+    if state.get("stopped_early"):
+        print(f"[kft] --resume: early stopping ended this run after epoch {state['epoch']}; "
+              "nothing left to train")
+        return max(int(epochs), int(state["epoch"]))
+    print(f"[kft] resuming after epoch {state['epoch']} (last learning rate "
           f"{state['learning_rate']:.3g}, optimizer step {state['iterations']})")
     return int(state["epoch"])
-
-
-def logging_callbacks(run_dir: Path, initial_epoch: int) -> list:
-    """CSV history (appending on resume, without rows of epochs lost to a kill) + TensorBoard."""
-    truncate_history(run_dir / "history.csv", initial_epoch)
-    return [keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=initial_epoch > 0),
-            keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs"))]
 
 
 def fit(model, train_batches, validation_data, t: cfg.Train, callbacks, initial_epoch: int,
@@ -115,6 +166,8 @@ def fit(model, train_batches, validation_data, t: cfg.Train, callbacks, initial_
             f"loss became {loss} at epoch {epoch + 1}, batch {batch + 1}: training stopped. "
             f"The last good checkpoint is kept in {ckpt_dir}. Try a lower train.learning_rate, "
             "train.clipnorm=5.0, or check the data (data_report.json).")
+    if es is not None and es.best_weights is None and es._restored:
+        es.on_train_begin()  # no epoch left to run: take the restored state as it is
     if es is not None and es.best_weights is not None:
         model.set_weights(es.best_weights)
         print(f"[kft] early stopping: restored the best weights (epoch {es.best_epoch + 1}, "

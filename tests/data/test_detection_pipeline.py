@@ -415,3 +415,35 @@ def test_clear_errors(voc, coco):
     with pytest.raises(TypeError, match="DetectionSplit"):
         detection_batches(voc.records, image_size=32, batch_size=2, training=False, seed=0)
     assert isinstance(_eval(voc), DetectionBatches)
+
+
+def _with_crowd(split):
+    """``split`` with every record's last object marked crowd."""
+    records = []
+    for r in split.records:
+        crowd = np.zeros(len(r.labels), bool)
+        if len(crowd):
+            crowd[-1] = True
+        records.append(dataclasses.replace(r, iscrowd=crowd))
+    return DetectionSplit(records, split.class_names, split.label_to_category, split.report)
+
+
+def test_crowd_flags_reach_the_training_targets_aligned(coco):
+    from kft.data.detection_augment import DetectionCutMix
+
+    plain = detection_batches(coco, image_size=(48, 64), batch_size=4, training=True, seed=0)
+    x, y = next(iter(plain.dataset))
+    assert "iscrowd" not in y  # no crowd box in the split: the usual Keras dict
+    crowded = _with_crowd(coco)
+    for batch_augment in (None, DetectionCutMix(p=1.0)):
+        batches = detection_batches(crowded, image_size=(48, 64), batch_size=4,
+                                    training=True, seed=0, with_meta=True,
+                                    batch_augment=batch_augment)
+        x, y, meta = tf.nest.map_structure(np.asarray, next(iter(batches.dataset)))
+        real = y["labels"] >= 0
+        assert y["iscrowd"].dtype == bool and y["iscrowd"].shape == y["labels"].shape
+        assert not np.any(y["iscrowd"] & ~real)
+        assert y["labels"].max() < len(CLASSES)  # the tag is removed again
+        if batch_augment is None:
+            np.testing.assert_array_equal(y["iscrowd"], meta["iscrowd"])
+        assert 0 < y["iscrowd"].sum() < real.sum()

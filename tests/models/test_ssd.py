@@ -96,3 +96,33 @@ def test_overfits_a_few_images_to_high_ap(shapes_split):
     last = model.evaluate(train.dataset.take(1), verbose=0, return_dict=True)["loss"]
     assert last < first * 0.3
     assert metrics["bbox_AP50"] > 0.8, metrics
+
+
+def test_predict_with_a_partial_last_batch():
+    """Keras retraces predict for a new batch size with every dimension relaxed to None; the
+    decoder must still find its static anchor count (the crash of issue 8)."""
+    model = _ssd()
+    x = np.random.default_rng(1).uniform(0, 255, (5, 128, 128, 3)).astype("float32")
+    full = model.predict_on_batch(x[:4])
+    part = model.predict_on_batch(x[4:])
+    assert part["boxes"].shape == (1, 100, 4) and full["boxes"].shape == (4, 100, 4)
+    det = model.predict(x, batch_size=2, verbose=0)
+    assert det["scores"].shape == (5, 100)
+
+
+def test_crowd_objects_are_not_trained_as_positives():
+    model = _ssd(num_classes=2)
+    x = np.random.default_rng(2).uniform(0, 255, (1, 128, 128, 3)).astype("float32")
+    y = {"boxes": np.array([[[20, 30, 70, 90], [80, 10, 120, 50]]], "float32"),
+         "labels": np.array([[0, 1]], "int32")}
+    raw = model(x)
+
+    def box_loss(**extra):
+        model.box_loss_tracker.reset_state()
+        model.compute_loss(x, {**y, **extra}, raw)
+        return float(model.box_loss_tracker.result())
+
+    both = box_loss()
+    one = box_loss(iscrowd=np.array([[False, True]]))
+    none = box_loss(iscrowd=np.array([[True, True]]))
+    assert none == 0.0 and one > 0.0 and one != both

@@ -4,6 +4,7 @@ import pytest
 from keras import ops
 
 from kft.ops import box_coder, matcher
+from kft.ops.matcher import BACKGROUND, IGNORE, match, targets
 
 ANCHORS = np.array([[0, 0, 10, 10], [10, 0, 20, 10], [0, 10, 10, 20], [20, 20, 40, 40]],
                    "float32")
@@ -91,3 +92,28 @@ def test_static_shapes_with_unknown_batch():
     index, _, cls, _, _ = run(boxes, labels)
     assert index.numpy().tolist() == [[0, -1, -1, -1], [-1, -1, -1, -1]]
     assert cls.numpy().tolist() == [[2, 0, 0, 0], [0, 0, 0, 0]]
+
+
+def test_crowd_boxes_never_match_and_ignore_the_anchors_on_them():
+    anchors = np.array([[0, 0, 10, 10], [20, 20, 30, 30], [50, 50, 60, 60],
+                        [40, 40, 60, 60]], np.float32)
+    # row 0 an object; row 1 a crowd region holding anchor 1 whole (IoU 100/900, so without the
+    # crowd flag rule 3 would make anchor 1 a positive of class 1); row 2 padding
+    gt = np.array([[[0, 0, 10, 10], [15, 15, 45, 45], [0, 0, 0, 0]]], np.float32)
+    labels = np.array([[0, 1, -1]], np.int32)
+    crowd = np.array([[False, True, False]])
+    plain, _ = match(gt, labels, anchors)
+    assert plain.numpy().tolist()[0][1] == 1  # today's behaviour without the flag
+    index, _ = match(gt, labels, anchors, gt_crowd=crowd)
+    # anchor 3 overlaps the crowd box by 25/400 of its area: background, not ignored
+    assert index.numpy().tolist() == [[0, IGNORE, BACKGROUND, BACKGROUND]]
+    cls_t, _, positive = targets(gt, labels, anchors, index)
+    assert cls_t.numpy().tolist() == [[1, -1, 0, 0]]
+    assert positive.numpy().tolist() == [[True, False, False, False]]
+
+
+def test_an_image_of_only_crowd_boxes_has_no_positive():
+    anchors = np.array([[0, 0, 10, 10], [0, 0, 40, 40]], np.float32)
+    gt = np.array([[[0, 0, 40, 40]]], np.float32)
+    index, _ = match(gt, np.array([[2]], np.int32), anchors, gt_crowd=np.array([[True]]))
+    assert index.numpy().tolist() == [[IGNORE, IGNORE]]

@@ -28,6 +28,7 @@ Problems found while reading go into a :class:`~kft.data.report.DataReport`:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import warnings
@@ -131,6 +132,54 @@ class DetectionSplit:
     @property
     def num_objects(self) -> int:
         return sum(r.num_objects for r in self.records)
+
+    def subset(self, indices) -> DetectionSplit:
+        """The split restricted to ``records[i]`` for ``i`` in ``indices`` (same classes; the
+        report stays with the whole split)."""
+        return DetectionSplit([self.records[int(i)] for i in indices], list(self.class_names),
+                              self.label_to_category, DataReport())
+
+    def holdout(self, fraction: float, seed: int) -> tuple[DetectionSplit, DetectionSplit]:
+        """``(rest, held out)``: a seeded random ``fraction`` of the images (at least one,
+        and at least one left), e.g. the model-selection slice of a training split (D9)."""
+        n = len(self.records)
+        if n < 2:
+            raise ValueError(f"cannot hold out images from a split of {n} image(s)")
+        k = min(max(1, int(round(n * float(fraction)))), n - 1)
+        order = np.random.default_rng(seed).permutation(n)
+        return self.subset(np.sort(order[k:])), self.subset(np.sort(order[:k]))
+
+
+def align_classes(train: DetectionSplit, other: DetectionSplit, train_source: str,
+                  other_source: str) -> DetectionSplit:
+    """``other`` with labels in ``train``'s class order (a by-name remap), so that the model's
+    label ``i`` means the same class in both; its ``label_to_category`` keeps ``other``'s own
+    category ids for evaluation.
+
+    Raises ``ValueError`` naming both sources when ``other`` has classes ``train`` lacks (a
+    model cannot be scored on a class it never learnt). Classes of ``train`` absent from
+    ``other`` are allowed (they have no ground truth there)."""
+    if list(other.class_names) == list(train.class_names):
+        return other
+    extra = [c for c in other.class_names if c not in train.class_names]
+    if extra:
+        raise ValueError(
+            f"class mismatch: {other_source} has classes {extra} that {train_source} lacks "
+            f"(train classes: {list(train.class_names)}; {other_source}: "
+            f"{list(other.class_names)}). Use category lists that agree, or drop those "
+            "classes from the validation annotations")
+    index = np.array([train.class_names.index(c) for c in other.class_names], np.int32)
+    records = [dataclasses.replace(r, labels=index[r.labels] if len(r.labels) else r.labels)
+               for r in other.records]
+    own = other.label_to_category
+    categories = None
+    if own is not None:
+        by_name = {c: own[i] for i, c in enumerate(other.class_names)}
+        # classes only in train get ids after every real one (they have no ground truth)
+        spare = iter(range(max(by_name.values(), default=0) + 1, 1 << 30))
+        categories = {i: int(by_name[c]) if c in by_name else next(spare)
+                      for i, c in enumerate(train.class_names)}
+    return DetectionSplit(records, list(train.class_names), categories, other.report)
 
 
 @dataclass

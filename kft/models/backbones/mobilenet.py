@@ -31,6 +31,7 @@ The input is float32 RGB pixels in 0..255, scaled to [-1, 1] by the first layer 
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 
@@ -50,6 +51,35 @@ C4_TAPS = {
     "mobilenet_v3_large": "expanded_conv_12_depthwise_pad",
     "mobilenet_v3_small": "expanded_conv_8_depthwise_pad",
 }
+
+
+# arch -> {first block index of a stage: its output stride}; blocks are keras.applications'
+# ``block_<n>_*`` (MobileNetV2) and ``expanded_conv[_<n>]_*`` (MobileNetV3, no number = 0).
+STAGE_STARTS = {
+    "mobilenet_v2": {1: 4, 3: 8, 6: 16, 13: 32},
+    "mobilenet_v3_large": {1: 4, 3: 8, 6: 16, 12: 32},
+    "mobilenet_v3_small": {0: 4, 1: 8, 3: 16, 8: 32},
+}
+STAGE_NAMES = ("stem", "stride4", "stride8", "stride16", "stride32")
+_BLOCK = re.compile(r"^(?:block_(\d+)_|expanded_conv(?:_(\d+))?_)")
+
+
+def mobilenet_stage_of(arch: str, layer_name: str) -> str | None:
+    """The stage (``STAGE_NAMES``, by output stride) of a base-network layer; ``None`` for the
+    SSDLite extra blocks (new layers that always train) and weightless wrappers."""
+    if layer_name.startswith("extra") or layer_name in ("normalize", arch):
+        return None
+    if layer_name in ("Conv_1", "Conv_1_bn", "conv_1", "conv_1_bn"):
+        return "stride32"
+    match = _BLOCK.match(layer_name)
+    if match is None:
+        return "stem"  # Conv1 / bn_Conv1 (V2), conv / conv_bn (V3)
+    if match.group(1) is None and layer_name.startswith("expanded_conv") and arch == \
+            "mobilenet_v2":
+        return "stem"  # V2's first inverted-residual block (no expansion) runs at stride 2
+    index = int(match.group(1) or match.group(2) or 0)
+    strides = [stride for start, stride in STAGE_STARTS[arch].items() if start <= index]
+    return f"stride{strides[-1]}" if strides else "stem"
 
 
 def depthwise_separable_conv(x, filters: int, *, kernel_size: int = 3, strides: int = 1,
@@ -142,7 +172,9 @@ class SSDLiteMobileNet(keras.Model):
         extra_filters: output widths of the extra blocks.
 
     The base network is the nested sub-model named ``arch`` (``model.get_layer(arch)``), whose
-    layers keep their keras.applications names; freeze it as a whole or by layer name.
+    layers keep their keras.applications names; freeze it as a whole or by layer name, or by
+    stage (``stage_names()``: ``stem``, ``stride4`` ... ``stride32`` by output stride, see
+    :func:`mobilenet_stage_of`; the extra blocks are new layers and belong to no stage).
     """
 
     def __init__(self, arch: str = "mobilenet_v2", image_size=320, alpha: float = 1.0,
@@ -178,6 +210,13 @@ class SSDLiteMobileNet(keras.Model):
         self.alpha = alpha
         self.extra_filters = tuple(extra_filters)
         self.level_names = tuple(levels)
+
+    def stage_names(self) -> list[str]:
+        """Backbone stages bottom-up, as ``train.trainable_stages`` / ``layer_lrs`` name them."""
+        return list(STAGE_NAMES)
+
+    def stage_of(self, layer_name: str) -> str | None:
+        return mobilenet_stage_of(self.arch, layer_name)
 
     def get_config(self):
         size = self.image_size if isinstance(self.image_size, int) else list(self.image_size)

@@ -190,6 +190,21 @@ class SSDVGG16(keras.Model):
         self.normalization = normalization
         self.level_names = tuple(levels)
 
+    def stage_names(self) -> list[str]:
+        """Backbone stages bottom-up (``block1`` ... ``block5``, ``fc`` = the converted fc6/fc7),
+        as ``train.trainable_stages`` / ``layer_lrs`` name them."""
+        return [f"block{b + 1}" for b in range(len(VGG16_BLOCKS))] + ["fc"]
+
+    def stage_of(self, layer_name: str) -> str | None:
+        """The stage of a layer; ``None`` for the extra layers (new, always trained)."""
+        if layer_name.startswith("block"):
+            return layer_name.split("_", 1)[0]
+        if layer_name == "conv4_3_norm":
+            return "block4"
+        if layer_name in ("fc6", "fc7"):
+            return "fc"
+        return None
+
     def get_config(self):
         return {"image_size": self.image_size, "normalization": self.normalization,
                 "name": self.name, "trainable": self.trainable}
