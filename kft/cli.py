@@ -3,18 +3,22 @@
 ``kft train`` is ``python -m kft.run``. ``eval`` and ``export`` take a run directory (its
 ``model.keras`` and ``config.json`` say what data and settings to use) or a ``.keras`` file with
 ``--data``. Classifiers and detectors (SSD / SSDLite) both: the model file says which.
+
+The recipe (``config.json`` + ``--data`` + ``--set``) is validated before any data is read; user
+errors print one line ``kft: error: ...`` and exit with status 2 (``KFT_TRACEBACK=1`` shows the
+traceback).
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import click
 
 from kft import config as cfg
 from kft.run import main as run_main
+from kft.run import override_keys, read_config, reporting_errors
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -26,16 +30,18 @@ main.add_command(run_main, name="train")
 
 
 def _load_run(target: str, data_root: str | None, overrides=()):
-    """(model, recipe, run_dir) from a run directory or a ``.keras`` file (+ ``--data``)."""
-    import keras
+    """(model, recipe, run_dir) from a run directory or a ``.keras`` file (+ ``--data``); the
+    recipe is validated (before the model is loaded when the run's config.json is there)."""
+    from kft.validate import validate_recipe
 
     path = Path(target)
+    from_config = False
     if path.is_dir():
         model_path, config_path = path / "model.keras", path / "config.json"
         if not model_path.is_file():
             raise cfg.ConfigError(f"{path}: no model.keras (did the run finish?)")
-        recipe = cfg.from_dict(json.loads(config_path.read_text())) if config_path.is_file() \
-            else cfg.Recipe()
+        from_config = config_path.is_file()
+        recipe = read_config(config_path) if from_config else cfg.Recipe()
         run_dir = path
     elif path.is_file():
         model_path, recipe, run_dir = path, cfg.Recipe(), path.parent
@@ -44,11 +50,13 @@ def _load_run(target: str, data_root: str | None, overrides=()):
     if data_root:
         recipe = cfg.apply_overrides(recipe, [f"data.root={data_root}"])
     recipe = cfg.apply_overrides(recipe, list(overrides))
+    set_keys = override_keys(overrides) + (["data.root"] if data_root else [])
     if not recipe.data.root:
         raise cfg.ConfigError("no data: pass --data ROOT (an image folder or tfds:name)")
-    import kft.models  # noqa: F401  (registers kft's layers, models, optimizers)
+    if from_config:  # a bad --set fails before the model is loaded
+        validate_recipe(recipe, set_keys=set_keys)
 
-    model = keras.saving.load_model(model_path)
+    model = _load_model(model_path)
     size = model.input_shape[1]
     if recipe.data.image_size != size:
         recipe = cfg.apply_overrides(recipe, [f"data.image_size={size}"])
@@ -57,7 +65,36 @@ def _load_run(target: str, data_root: str | None, overrides=()):
     if recipe.task == "detection" and not recipe.data.format:
         raise cfg.ConfigError(f"{target}: a detector needs data.format: pass --set "
                               "data.format=voc (or coco, cityscapes)")
+    # Without config.json the model file, not the recipe, says which network it is.
+    validate_recipe(recipe, set_keys=set_keys, check_model=from_config)
     return model, recipe, run_dir
+
+
+def _load_model(model_path: Path):
+    """``keras.saving.load_model`` with kft's classes registered; a file that is not a
+    loadable Keras model is a user error naming it."""
+    import keras
+
+    import kft.models  # noqa: F401  (registers kft's layers, models, optimizers)
+
+    if not Path(model_path).is_file():
+        raise cfg.ConfigError(f"{model_path}: no such model file")
+    try:
+        return keras.saving.load_model(model_path)
+    except Exception as e:  # noqa: BLE001 - a zip, a format or a deserialisation error
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise cfg.ConfigError(f"{model_path}: cannot load the Keras model "
+                              f"({type(e).__name__}: {first})") from e
+
+
+def _check_num_classes(model, class_names, recipe) -> None:
+    """The classifier's output width matches the classes of the data it is scored on."""
+    n = int(model.output_shape[-1])
+    if n != len(class_names):
+        raise cfg.ConfigError(
+            f"the model predicts {n} classes but data.root={recipe.data.root} has "
+            f"{len(class_names)} ({', '.join(class_names[:6])}"
+            f"{', ...' if len(class_names) > 6 else ''}): evaluate on the data it was trained on")
 
 
 def _is_detector(model) -> bool:
@@ -86,11 +123,6 @@ def _val_batches(recipe, data, num_classes):
                                   training=False, seed=recipe.train.seed)
 
 
-def _fail(e: Exception):
-    click.echo(f"kft: error: {e}", err=True)
-    sys.exit(2)
-
-
 @main.command("eval")
 @click.argument("target")
 @click.option("--data", "data_root", default=None, help="Image folder or tfds:name to evaluate on.")
@@ -101,15 +133,14 @@ def eval_cmd(target, data_root, overrides, output):
     from kft.eval.classification import evaluate_classifier
     from kft.train.classify import prepare_data
 
-    try:
+    with reporting_errors():
         model, recipe, run_dir = _load_run(target, data_root, overrides)
         if recipe.task == "detection":
             return _eval_detector(model, recipe, run_dir, output)
         data = prepare_data(recipe.data, run_dir, recipe.train.seed)
+        _check_num_classes(model, data.class_names, recipe)
         val = _val_batches(recipe, data, len(data.class_names))
         metrics = evaluate_classifier(model.predict_on_batch, val.dataset, data.class_names)
-    except (cfg.ConfigError, ValueError, FileNotFoundError) as e:
-        _fail(e)
     out = Path(output) if output else run_dir / "metrics_eval.json"
     out.write_text(json.dumps(metrics, indent=2))
     click.echo(f"accuracy {metrics['accuracy']:.4f}  top-5 {metrics['top5_accuracy']:.4f}  "
@@ -133,7 +164,8 @@ def _eval_detector(model, recipe, run_dir, output):
 @click.option("--data", "data_root", default=None, help="Data for calibration and comparison.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
 @click.option("--formats", default="float32,float16,int8", show_default=True)
-@click.option("--samples", default=100, show_default=True, help="Representative images for INT8.")
+@click.option("--samples", default=100, show_default=True, type=click.IntRange(min=1),
+              help="Representative images for INT8.")
 @click.option("--output", "-o", default=None, help="Export directory (default RUN/export).")
 def export_cmd(target, data_root, overrides, formats, samples, output):
     """Export a saved run or model to TFLite (float32 / float16 / full-integer INT8) and compare
@@ -141,9 +173,11 @@ def export_cmd(target, data_root, overrides, formats, samples, output):
     from kft.data import classification_batches
     from kft.export.tflite import export_and_report
     from kft.train.classify import prepare_data
+    from kft.validate import check_formats
 
     formats = tuple(f.strip() for f in formats.split(",") if f.strip())
-    try:
+    with reporting_errors():
+        check_formats("--formats", formats)
         model, recipe, run_dir = _load_run(target, data_root, overrides)
         out = Path(output) if output else run_dir / "export"
         if recipe.task == "detection":
@@ -151,6 +185,7 @@ def export_cmd(target, data_root, overrides, formats, samples, output):
             click.echo(json.dumps(report, indent=2))
             return
         data = prepare_data(recipe.data, run_dir, recipe.train.seed)
+        _check_num_classes(model, data.class_names, recipe)
         n = len(data.class_names)
         rep = classification_batches(data.train_source, image_size=recipe.data.image_size,
                                      batch_size=1, num_classes=n, training=False,
@@ -158,8 +193,6 @@ def export_cmd(target, data_root, overrides, formats, samples, output):
         rep_images = rep.dataset.map(lambda x, y: x).take(samples)
         report = export_and_report(model, out, rep_images, _val_batches(recipe, data, n).dataset,
                                    data.class_names, formats=formats)
-    except (cfg.ConfigError, ValueError, FileNotFoundError) as e:
-        _fail(e)
     click.echo(json.dumps(report, indent=2))
 
 
@@ -182,22 +215,28 @@ def _export_detector(model, recipe, run_dir, out, formats, samples):
 @main.command("predict")
 @click.argument("model_path", type=click.Path(exists=True, dir_okay=True))
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option("--top-k", default=3, show_default=True, help="Classifiers: classes per image.")
+@click.option("--top-k", default=3, show_default=True, type=click.IntRange(min=1),
+              help="Classifiers: classes per image.")
 @click.option("--score-threshold", default=0.3, show_default=True,
-              help="Detectors: lowest score printed.")
+              type=click.FloatRange(0.0, 1.0), help="Detectors: lowest score printed.")
 def predict_cmd(model_path, images, top_k, score_threshold):
     """Classify or detect on image files with a saved model (a run directory or .keras);
     prints JSON (detections as xyxy boxes in the image's own pixels)."""
-    import keras
+    with reporting_errors():
+        _predict(model_path, images, top_k, score_threshold)
+
+
+def _predict(model_path, images, top_k, score_threshold):
     import numpy as np
     from PIL import Image, ImageOps
 
-    import kft.models  # noqa: F401  (registers kft's layers, models, optimizers)
-
     path = Path(model_path)
     names_file = (path if path.is_dir() else path.parent) / "class_names.json"
-    model = keras.saving.load_model(path / "model.keras" if path.is_dir() else path)
-    names = json.loads(names_file.read_text()) if names_file.is_file() else None
+    model = _load_model(path / "model.keras" if path.is_dir() else path)
+    try:
+        names = json.loads(names_file.read_text()) if names_file.is_file() else None
+    except json.JSONDecodeError as e:
+        raise cfg.ConfigError(f"{names_file}: not a JSON list of class names ({e})") from e
     h, w = model.input_shape[1:3]
     detector = _is_detector(model)
     results = []

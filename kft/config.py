@@ -4,13 +4,15 @@ A recipe is a plain Python module that builds a :class:`Recipe` and binds it to 
 name ``RECIPE``. Variants import a base recipe and use :func:`dataclasses.replace`.
 
 Overrides use dotted keys (``train.epochs=3``). Every key is checked against the dataclass
-fields: an unknown key fails listing the valid keys, a value that does not parse fails naming
-the key and the expected type.
+fields: an unknown key fails with the closest valid keys ("did you mean") and its section's
+keys, a value that does not parse fails naming the key and the expected type. Values themselves
+(choices, ranges, keys a task does not read) are checked by :mod:`kft.validate`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib.util
 import json
 import types
@@ -168,11 +170,62 @@ def load_recipe(path: str | Path) -> Recipe:
         raise ConfigError(f"recipe file not found: {path}")
     spec = importlib.util.spec_from_file_location(f"kft_recipe_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as e:  # also IndentationError; may be in a module the recipe imports
+        file = e.filename or str(path)
+        if Path(file).resolve() == path.resolve():
+            file = str(path)  # as the user wrote it
+        where = f"{file}:{e.lineno}" if e.lineno else file
+        raise ConfigError(f"{where}: syntax error: {e.msg}") from e
+    except Exception as e:  # noqa: BLE001 - whatever the recipe's own code raised
+        raise ConfigError(f"{_raising_line(path, e)}: the recipe raised {type(e).__name__}: "
+                          + " ".join(str(e).split())) from e
     recipe = getattr(module, "RECIPE", None)
     if not isinstance(recipe, Recipe):
         raise ConfigError(f"{path}: the module must define RECIPE = kft.config.Recipe(...)")
     return recipe
+
+
+def _raising_line(path: Path, error: BaseException) -> str:
+    """``file:line`` of the deepest traceback frame in the recipe file (else just the file)."""
+    import traceback
+
+    target = path.resolve()
+    where = str(path)
+    for frame in traceback.extract_tb(error.__traceback__):
+        try:
+            same = Path(frame.filename).resolve() == target
+        except OSError:
+            same = False
+        if same:
+            where = f"{path}:{frame.lineno}"
+    return where
+
+
+def unknown_key_message(full_key: str) -> str:
+    """One line: the unknown key, the closest valid keys (did you mean) and its section's keys."""
+    keys = valid_keys()
+    section, _, last = full_key.rpartition(".")
+    fields = [k.split(".", 1)[1] for k in keys if section and k.startswith(section + ".")]
+    close = [k for k in keys if k.rsplit(".", 1)[-1] == last]  # right field, wrong section
+    if fields:  # a known section: a field name near the one typed
+        close += [f"{section}.{f}" for f in difflib.get_close_matches(last, fields, n=2,
+                                                                       cutoff=0.7)]
+    else:  # a mistyped section, or a field without its section
+        close += difflib.get_close_matches(full_key, keys, n=2, cutoff=0.7)
+        lasts = [k.rsplit(".", 1)[-1] for k in keys]
+        close += [k for name in difflib.get_close_matches(last, lasts, n=1, cutoff=0.8)
+                  for k in keys if k.rsplit(".", 1)[-1] == name]
+    close = list(dict.fromkeys(close))[:3]
+    message = f"unknown key {full_key!r}" + (
+        f"; did you mean {' or '.join(repr(k) for k in close)}?" if close else ".")
+    if fields:
+        return message + f" Keys of {section}: {', '.join(fields)}"
+    sections = sorted({k.split(".", 1)[0] for k in keys if "." in k})
+    top = [k for k in keys if "." not in k]
+    return message + (f" Sections: {', '.join(sections)} (keys such as data.root, "
+                      f"train.epochs); top-level keys: {', '.join(top)}")
 
 
 def valid_keys(obj: Any = None, prefix: str = "") -> list[str]:
@@ -207,9 +260,7 @@ def _set(obj: Any, parts: list[str], raw: str, full_key: str) -> Any:
     names = {f.name: f for f in dataclasses.fields(obj)}
     head = parts[0]
     if head not in names:
-        raise ConfigError(
-            f"unknown key {full_key!r}. Valid keys:\n  " + "\n  ".join(valid_keys())
-        )
+        raise ConfigError(unknown_key_message(full_key))
     current = getattr(obj, head)
     if dataclasses.is_dataclass(current):
         if len(parts) == 1:

@@ -1,7 +1,17 @@
-"""``python -m kft.run RECIPE.py [--set key=value]... [--output DIR] [--resume]``."""
+"""``python -m kft.run RECIPE.py [--set key=value]... [--output DIR] [--resume]``.
+
+Every recipe value is checked (:mod:`kft.validate`) before a run directory is made or any data
+is read. A user error (a bad value, a missing folder, a broken recipe file) ends in one line
+``kft: error: ...`` and exit status 2, and a run directory this call created is removed again
+when the run fails before its first checkpoint. ``KFT_TRACEBACK=1`` shows the traceback.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -9,35 +19,145 @@ import click
 
 from kft import config as cfg
 
+# What a user's mistake raises: ConfigError, WeightsError, the readers' FolderError and
+# AnnotationError are ValueErrors; missing files and TFDS datasets FileNotFoundErrors.
+USER_ERRORS = (cfg.ConfigError, FileNotFoundError, ValueError)
+
 
 def run_recipe(recipe: cfg.Recipe, output: str | Path | None = None, resume: bool = False,
-               verbose: int = 1) -> dict:
-    """Runs ``recipe`` into ``output`` (default ``runs/<recipe name>``) and returns its summary."""
-    run_dir = Path(output) if output else Path("runs") / recipe.name
-    if recipe.task == "classification":
-        from kft.train.classify import run_classification
+               verbose: int = 1, set_keys=()) -> dict:
+    """Runs ``recipe`` into ``output`` (default ``runs/<recipe name>``) and returns its summary.
 
-        return run_classification(recipe, run_dir, resume=resume, verbose=verbose)
-    if recipe.task == "detection":
+    ``set_keys``: the keys given with ``--set`` (see :func:`kft.validate.validate_recipe`).
+    """
+    from kft.validate import validate_recipe
+
+    validate_recipe(recipe, set_keys=set_keys)
+    run_dir = Path(output) if output else Path("runs") / recipe.name
+    if resume:
+        check_resume(recipe, run_dir)
+    created = _first_missing(run_dir)
+    try:
+        if recipe.task == "classification":
+            from kft.train.classify import run_classification
+
+            return run_classification(recipe, run_dir, resume=resume, verbose=verbose)
         from kft.train.detect import run_detection
 
         return run_detection(recipe, run_dir, resume=resume, verbose=verbose)
-    raise cfg.ConfigError(f"recipe task {recipe.task!r} must be classification or detection")
+    except USER_ERRORS:
+        if created is not None and not _training_started(run_dir):
+            shutil.rmtree(created, ignore_errors=True)  # failed before training: no half run
+        raise
+
+
+def _training_started(run_dir: Path) -> bool:
+    """Whether ``fit`` began (its CSV logger opens history.csv at train begin, TensorBoard
+    writes logs/) or a checkpoint was committed: from then on a failed run's directory is kept
+    for inspection."""
+    logs = run_dir / "logs"
+    return any((run_dir / name).exists() for name in ("history.csv",
+                                                       "checkpoints/state.json")) or (
+        logs.is_dir() and any(p.is_file() for p in logs.rglob("*")))
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The topmost folder of ``path`` that does not exist yet (what a run would create)."""
+    missing = None
+    for p in [path, *path.parents]:
+        if p.exists():
+            break
+        missing = p
+    return missing
+
+
+def check_resume(recipe: cfg.Recipe, run_dir: Path) -> None:
+    """Refuses to resume ``run_dir`` with another model or other data than it was trained on:
+    the keys that differ from its ``config.json`` (and, for an image folder, class folders
+    that differ from its ``class_names.json``) are named."""
+    from kft.validate import resume_differences
+
+    saved_path = run_dir / "config.json"
+    if not saved_path.is_file():
+        return
+    saved = read_config(saved_path)
+    diff = resume_differences(recipe, saved)
+    if diff:
+        raise cfg.ConfigError(
+            f"--resume: {'; '.join(diff)} differ from {saved_path}: a run resumes with the "
+            "model and data it was trained on; start a new run with --output (and "
+            "model.load_from to start from this one)")
+    names_path = run_dir / "class_names.json"
+    root = recipe.data.root
+    if recipe.task != "classification" or root.startswith("tfds:") or not names_path.is_file():
+        return
+    if not Path(root).is_dir():
+        return  # the runner names the missing folder
+    from kft.data.readers.folder import folder_class_names
+
+    now, before = folder_class_names(root), json.loads(names_path.read_text())
+    if now != before:
+        raise cfg.ConfigError(
+            f"--resume: data.root={root} now has {len(now)} classes ({_short(now)}) but the "
+            f"run was trained on {len(before)} ({_short(before)}, {names_path}): start a new "
+            "run with --output")
+
+
+def _short(names: list, n: int = 6) -> str:
+    return ", ".join(names[:n]) + (f", ... ({len(names) - n} more)" if len(names) > n else "")
+
+
+def read_config(path: Path) -> cfg.Recipe:
+    """The recipe saved in a run's ``config.json``; a file that is not one is a ConfigError."""
+    try:
+        return cfg.from_dict(json.loads(path.read_text()))
+    except (json.JSONDecodeError, TypeError, AttributeError) as e:
+        raise cfg.ConfigError(f"{path}: not a kft config.json ({e})") from e
+
+
+def override_keys(overrides) -> list[str]:
+    """The keys of ``key=value`` overrides."""
+    return [item.split("=", 1)[0].strip() for item in overrides if "=" in item]
 
 
 def resolve(recipe_path: str, overrides, output: str | None, resume: bool) -> cfg.Recipe:
-    """The recipe to run: the file's, or on --resume the run's own config.json, then --set."""
+    """The recipe to run: the file's, or on --resume the run's own config.json, then --set;
+    validated (and on --resume compared with config.json)."""
     recipe = cfg.load_recipe(recipe_path)
     run_dir = Path(output) if output else Path("runs") / recipe.name
     saved = run_dir / "config.json"
     if resume and saved.is_file():
-        import json
+        recipe = read_config(saved)
+    recipe = cfg.apply_overrides(recipe, list(overrides))
+    from kft.validate import validate_recipe
 
-        recipe = cfg.from_dict(json.loads(saved.read_text()))
-    return cfg.apply_overrides(recipe, list(overrides))
+    validate_recipe(recipe, set_keys=override_keys(overrides))
+    if resume:
+        check_resume(recipe, run_dir)
+    return recipe
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@contextlib.contextmanager
+def reporting_errors():
+    """Turns a user error into ``kft: error: <message>`` and exit status 2, a diverged run
+    into exit status 3; ``KFT_TRACEBACK=1`` re-raises instead."""
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001 - sorted below
+        if os.environ.get("KFT_TRACEBACK"):
+            raise
+        runs = sys.modules.get("kft.train.runs")  # loaded whenever training ran
+        if runs is not None and isinstance(e, runs.TrainingDiverged):
+            click.echo(f"kft: training diverged: {e}", err=True)
+            sys.exit(3)
+        if isinstance(e, USER_ERRORS):
+            click.echo(f"kft: error: {e}", err=True)
+            sys.exit(2)
+        raise
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]},
+               epilog="Errors print one line; set KFT_TRACEBACK=1 to see the traceback.")
 @click.argument("recipe_path", type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override a recipe field, e.g. --set train.epochs=3 (repeatable).")
@@ -46,18 +166,10 @@ def resolve(recipe_path: str, overrides, output: str | None, resume: bool) -> cf
 @click.option("--quiet", is_flag=True, help="One line per epoch instead of progress bars.")
 def main(recipe_path, overrides, output, resume, quiet):
     """Run a kft recipe: train, evaluate and export into a run directory."""
-    from kft.models.weights import WeightsError
-    from kft.train.runs import TrainingDiverged
-
-    try:
+    with reporting_errors():
         recipe = resolve(recipe_path, overrides, output, resume)
-        run_recipe(recipe, output, resume=resume, verbose=2 if quiet else 1)
-    except (cfg.ConfigError, WeightsError, FileNotFoundError) as e:
-        click.echo(f"kft: error: {e}", err=True)
-        sys.exit(2)
-    except TrainingDiverged as e:
-        click.echo(f"kft: training diverged: {e}", err=True)
-        sys.exit(3)
+        run_recipe(recipe, output, resume=resume, verbose=2 if quiet else 1,
+                   set_keys=override_keys(overrides))
 
 
 if __name__ == "__main__":

@@ -63,3 +63,219 @@ def test_run_command_reports_bad_overrides(tmp_path):
 def test_eval_without_data_fails_clearly(tmp_path):
     result = CliRunner().invoke(kft_main, ["eval", str(tmp_path / "nothing")])
     assert result.exit_code == 2 and "no such run directory" in result.output
+
+
+# --- B12: a user mistake is one line, exit status 2, no traceback, no half-made run dir -----
+
+
+def _recipe_file(tmp_path, task="classification", root=None):
+    root = root or tmp_path / "data"
+    path = tmp_path / f"{task}.py"
+    if task == "classification":
+        body = (f"RECIPE = Recipe(name='c', data=Data(root={str(root)!r}, image_size=32),\n"
+                "    model=Model(arch='resnet_tiny'), train=Train(epochs=1, batch_size=2),\n"
+                "    export=Export(enabled=False))\n")
+    else:
+        body = (f"RECIPE = Recipe(name='d', task='detection', data=Data(root={str(root)!r},\n"
+                "    format='voc', image_size=300), model=Model(arch='ssd300_vgg16'))\n")
+    path.write_text("from kft.config import Data, Export, Model, Recipe, Train\n" + body)
+    return path
+
+
+def _user_error(result, *words):
+    """Exit status 2 and one ``kft: error:`` line holding ``words``; no traceback."""
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    assert isinstance(result.exception, SystemExit), result.exception  # nothing escaped
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kft: error: "), result.stderr
+    assert "Traceback" not in result.output
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    return lines[0]
+
+
+BAD_SETS = [
+    ("classification", "export.quantize=none", ["export.quantize=none", "float32, float16, int8"]),
+    ("classification", "export.quantize=int4", ["export.quantize=int4", "float32, float16, int8"]),
+    ("classification", "train.optimizer=adamx", ["train.optimizer='adamx'", "sgd, adamw, adam"]),
+    ("classification", "model.arch=resnet19", ["model.arch='resnet19'", "resnet18, resnet34"]),
+    ("classification", "train.schedule=cosine", ["train.schedule='cosine'", "cosine_restarts"]),
+    ("classification", "train.learning_rate=-1", ["train.learning_rate=-1.0", "> 0"]),
+    ("detection", "eval.every=-1", ["eval.every=-1", ">= 0"]),
+    ("classification", "data.detection_augment=ssd", ["data.detection_augment='ssd'",
+                                                      "task 'classification'"]),
+    ("detection", "model.head=mlp", ["model.head='mlp'", "task 'detection'"]),
+    ("classification", "train.epoch=3", ["unknown key 'train.epoch'",
+                                         "did you mean 'train.epochs'?"]),
+]
+
+
+@pytest.mark.parametrize("task,override,words", BAD_SETS, ids=[b[1] for b in BAD_SETS])
+def test_bad_value_fails_before_any_work(tmp_path, task, override, words):
+    recipe = _recipe_file(tmp_path, task)
+    out = tmp_path / "runs" / "r"
+    result = CliRunner().invoke(run_main, [str(recipe), "--set", override, "-o", str(out)])
+    _user_error(result, *words)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_kft_train_reports_bad_values_too(tmp_path):
+    recipe = _recipe_file(tmp_path)
+    result = CliRunner().invoke(kft_main, ["train", str(recipe), "--set",
+                                           "export.quantize=none", "-o", str(tmp_path / "o")])
+    _user_error(result, "export.quantize=none")
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_value_in_a_subprocess_is_one_line_and_quick(tmp_path):
+    """The headline case end to end: before, the run trained to the end and died at export
+    with a traceback. Now: one line, exit 2, and TensorFlow is not even imported."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    recipe = _recipe_file(tmp_path)
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env.pop("KFT_TRACEBACK", None)
+    t0 = time.time()
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "kft.run", str(recipe),
+                           "--set", "export.quantize=none", "-o", str(tmp_path / "o")],
+                          capture_output=True, text=True, env=env, timeout=120)
+    seconds = time.time() - t0
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if not line.startswith("import time:")]
+    assert errors == ["kft: error: export.quantize=none is not valid (unknown 'none'): give a "
+                      "comma-separated list of distinct values from float32, float16, int8"]
+    assert "| tensorflow" not in proc.stderr and "| keras" not in proc.stderr
+    assert not (tmp_path / "o").exists() and seconds < 60
+
+
+@pytest.mark.parametrize("source,words", [
+    ("from kft.config import Recipe\nRECIPE = Recipe(name='x'\n", ["r.py:2: syntax error"]),
+    ("from kft.config import Recipe\n\nRECIPE = Recipe(nam='x')\n",
+     ["r.py:3: the recipe raised TypeError", "'nam'"]),
+    ("import kft_no_such_module\n", ["r.py:1: the recipe raised ModuleNotFoundError"]),
+])
+def test_broken_recipe_file_names_file_and_line(tmp_path, source, words):
+    recipe = tmp_path / "r.py"
+    recipe.write_text(source)
+    _user_error(CliRunner().invoke(run_main, [str(recipe)]), *words)
+
+
+def _images(folder, n):
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.new("RGB", (16, 16), (40 * i % 255, 0, 0)).save(folder / f"{i}.png")
+
+
+@pytest.mark.parametrize("layout,words", [
+    ("empty", ["is empty", "<class>/<image files>"]),
+    ("loose", ["has no class folders", "4 image files lie directly"]),
+    ("one_class", ["1 class folder (cat)", "at least 2 classes"]),
+])
+def test_unusable_image_folder_is_one_line_and_leaves_no_run_dir(tmp_path, layout, words):
+    root = tmp_path / "data"
+    root.mkdir()
+    if layout == "loose":
+        _images(root, 4)
+    elif layout == "one_class":
+        _images(root / "cat", 4)
+    recipe = _recipe_file(tmp_path, root=root)
+    out = tmp_path / "runs" / "r"
+    message = _user_error(CliRunner().invoke(run_main, [str(recipe), "-o", str(out)]), *words)
+    assert str(root) in message
+    assert not (tmp_path / "runs").exists()  # what the failed call created is gone
+
+
+def _fake_run(tmp_path, recipe, class_names):
+    """A run directory as a killed run leaves it (no training needed to test the checks)."""
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    cfg.save_json(recipe, run / "config.json")
+    (run / "class_names.json").write_text(json.dumps(class_names))
+    (run / "model.keras").write_bytes(b"not read: the checks come first")
+    return run
+
+
+def test_resume_with_other_data_names_the_keys_that_differ(tmp_path):
+    _images(tmp_path / "a" / "cat", 2)
+    _images(tmp_path / "a" / "dog", 2)
+    recipe_path = _recipe_file(tmp_path, root=tmp_path / "a")
+    run = _fake_run(tmp_path, cfg.load_recipe(recipe_path), ["cat", "dog"])
+    args = [str(recipe_path), "-o", str(run), "--resume"]
+    result = CliRunner().invoke(run_main, args + ["--set", f"data.root={tmp_path / 'b'}",
+                                                  "--set", "model.num_classes=3"])
+    message = _user_error(result, "--resume", "data.root", "model.num_classes (0 -> 3)",
+                          str(run / "config.json"))
+    assert "train.epochs" not in message
+    # The same root, but a class folder was added since: named against class_names.json.
+    _images(tmp_path / "a" / "emu", 2)
+    result = CliRunner().invoke(run_main, args)
+    _user_error(result, "now has 3 classes (cat, dog, emu)", "trained on 2 (cat, dog")
+    assert (run / "config.json").is_file()  # a run directory that existed is kept
+
+
+def test_resume_may_change_training_keys(tmp_path):
+    from kft.run import check_resume
+
+    _images(tmp_path / "a" / "cat", 2)
+    _images(tmp_path / "a" / "dog", 2)
+    recipe = cfg.load_recipe(_recipe_file(tmp_path, root=tmp_path / "a"))
+    run = _fake_run(tmp_path, recipe, ["cat", "dog"])
+    check_resume(cfg.apply_overrides(recipe, ["train.epochs=9", "train.learning_rate=0.5"]), run)
+
+
+def test_eval_and_export_validate_before_loading_the_model(tmp_path):
+    recipe = cfg.load_recipe(_recipe_file(tmp_path))
+    run = _fake_run(tmp_path, recipe, ["cat", "dog"])  # model.keras is not a model
+    runner = CliRunner()
+    _user_error(runner.invoke(kft_main, ["eval", str(run), "--set", "eval.batch_size=0"]),
+                "eval.batch_size=0", ">= 1")
+    _user_error(runner.invoke(kft_main, ["eval", str(run), "--set", "data.format=coco"]),
+                "data.format='coco'", "task 'classification'")
+    _user_error(runner.invoke(kft_main, ["export", str(run), "--formats", "float32,int4"]),
+                "--formats=float32,int4", "float32, float16, int8")
+    _user_error(runner.invoke(kft_main, ["export", str(run), "--set", "train.epoch=1"]),
+                "did you mean 'train.epochs'?")
+    # with valid settings the broken model file is named, not a zip traceback
+    _user_error(runner.invoke(kft_main, ["eval", str(run)]), "model.keras",
+                "cannot load the Keras model")
+
+
+def test_predict_with_a_broken_model_file(tmp_path):
+    model = tmp_path / "m.keras"
+    model.write_bytes(b"garbage")
+    _images(tmp_path / "img", 1)
+    image = tmp_path / "img" / "0.png"
+    _user_error(CliRunner().invoke(kft_main, ["predict", str(model), str(image)]),
+                "m.keras", "cannot load the Keras model")
+
+
+def test_eval_on_data_with_another_class_count(finished_run, tmp_path):
+    make_shapes_classification(tmp_path / "three", classes=("circle", "square", "star"),
+                               per_class=2, val_per_class=2, image_size=32, seed=1)
+    result = CliRunner().invoke(kft_main, ["eval", str(finished_run / "run"), "--data",
+                                           str(tmp_path / "three")])
+    _user_error(result, "the model predicts 2 classes", "has 3")
+
+
+@pytest.mark.parametrize("trained", [False, True])
+def test_a_failed_run_keeps_its_directory_only_once_training_began(tmp_path, monkeypatch,
+                                                                   trained):
+    import kft.train.classify
+
+    def failing_run(recipe, run_dir, resume=False, verbose=1):
+        (run_dir / "checkpoints").mkdir(parents=True)
+        if trained:
+            (run_dir / "history.csv").write_text("epoch,loss\n")
+        raise ValueError("bad input found late")
+
+    monkeypatch.setattr(kft.train.classify, "run_classification", failing_run)
+    recipe = cfg.Recipe(name="x", data=cfg.Data(root=str(tmp_path)))
+    out = tmp_path / "new" / "run"
+    with pytest.raises(ValueError, match="late"):
+        run_recipe(recipe, out, verbose=0)
+    assert out.exists() == trained and (tmp_path / "new").exists() == trained

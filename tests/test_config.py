@@ -22,7 +22,29 @@ def test_unknown_key_lists_valid_keys():
     with pytest.raises(cfg.ConfigError) as e:
         cfg.apply_overrides(cfg.Recipe(), ["train.epoch=3"])
     msg = str(e.value)
-    assert "train.epoch" in msg and "train.epochs" in msg and "data.root" in msg
+    assert "unknown key 'train.epoch'" in msg and "\n" not in msg
+    assert "did you mean 'train.epochs'?" in msg
+    assert "Keys of train: epochs, batch_size" in msg  # the section's keys, on the same line
+
+
+@pytest.mark.parametrize("typed,meant", [
+    ("train.learnin_rate", "train.learning_rate"),
+    ("trian.epochs", "train.epochs"),  # the section mistyped
+    ("epochs", "train.epochs"),  # the section left out
+    ("model.batch_size", "train.batch_size"),  # the right field in the wrong section
+    ("eval.evry", "eval.every"),
+    ("data.augmentation", "data.augment"),
+])
+def test_unknown_key_did_you_mean(typed, meant):
+    with pytest.raises(cfg.ConfigError, match=f"did you mean [^?]*'{meant}'"):
+        cfg.apply_overrides(cfg.Recipe(), [f"{typed}=1"])
+
+
+def test_unknown_key_without_a_close_match_lists_sections():
+    with pytest.raises(cfg.ConfigError) as e:
+        cfg.apply_overrides(cfg.Recipe(), ["lr=1"])
+    msg = str(e.value)
+    assert "did you mean" not in msg and "Sections: data, eval, export, model, train" in msg
 
 
 def test_bad_value_names_key_and_type():
@@ -53,7 +75,7 @@ def test_json_round_trip(tmp_path):
 
 
 @pytest.mark.parametrize("path", ["recipes/quickstart_classify.py", "recipes/resnet50_cifar100.py",
-                                  "recipes/ssd_voc.py"])
+                                  "recipes/ssd_voc.py"])  # all validate: tests/test_validate.py
 def test_recipes_load(path):
     recipe = cfg.load_recipe(path)
     assert isinstance(recipe, cfg.Recipe) and recipe.name
@@ -63,4 +85,34 @@ def test_recipe_file_without_recipe(tmp_path):
     p = tmp_path / "r.py"
     p.write_text("x = 1\n")
     with pytest.raises(cfg.ConfigError, match="RECIPE"):
+        cfg.load_recipe(p)
+
+
+def test_recipe_with_a_syntax_error_names_file_and_line(tmp_path):
+    p = tmp_path / "broken.py"
+    p.write_text("from kft.config import Recipe\n\nRECIPE = Recipe(name='x'\n")
+    with pytest.raises(cfg.ConfigError) as e:
+        cfg.load_recipe(p)
+    msg = str(e.value)
+    assert msg.startswith(f"{p}:3: syntax error:") and "never closed" in msg, msg
+
+
+def test_recipe_raising_at_import_names_file_line_and_error(tmp_path):
+    p = tmp_path / "raises.py"
+    p.write_text("from kft.config import Data, Recipe\n\nRECIPE = Recipe(data=Data(rot='x'))\n")
+    with pytest.raises(cfg.ConfigError) as e:
+        cfg.load_recipe(p)
+    msg = str(e.value)
+    assert msg.startswith(f"{p}:3: the recipe raised TypeError:") and "'rot'" in msg, msg
+    p.write_text("import kft_no_such_module\n")
+    with pytest.raises(cfg.ConfigError, match=r"raises.py:1: .*ModuleNotFoundError"):
+        cfg.load_recipe(p)
+
+
+def test_syntax_error_in_a_base_recipe_names_that_file(tmp_path, monkeypatch):
+    (tmp_path / "base_r.py").write_text("x = (\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    p = tmp_path / "variant.py"
+    p.write_text("import base_r\n")
+    with pytest.raises(cfg.ConfigError, match=r"base_r.py:1: syntax error"):
         cfg.load_recipe(p)

@@ -5,7 +5,8 @@ import pytest
 from PIL import Image
 
 from kft.data import DataReport, classification_batches, read_image_folder
-from kft.data.readers.folder import stratified_split
+from kft.data.readers import folder as folder_reader
+from kft.data.readers.folder import FolderError, folder_class_names, stratified_split
 
 
 def _write_class(folder, n, seed=0, ext="png"):
@@ -91,13 +92,62 @@ def test_layout_errors_name_the_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing"):
         read_image_folder(tmp_path / "missing")
     _write_class(tmp_path / "x" / "train" / "cat", 2)
+    _write_class(tmp_path / "x" / "train" / "dog", 2)
     _write_class(tmp_path / "x" / "val" / "cow", 2)
-    with pytest.raises(ValueError, match="cow"):
+    with pytest.raises(FolderError, match="cow"):
         read_image_folder(tmp_path / "x")
     (tmp_path / "empty" / "train").mkdir(parents=True)
-    with pytest.raises(ValueError, match="no class folders"):
+    with pytest.raises(FolderError, match="empty/train is empty"):
         read_image_folder(tmp_path / "empty")
-    (tmp_path / "bad" / "train" / "cat").mkdir(parents=True)
-    (tmp_path / "bad" / "train" / "cat" / "a.png").write_text("text")
-    with pytest.raises(ValueError, match="no usable training images"):
+    for name in ("cat", "dog"):
+        (tmp_path / "bad" / "train" / name).mkdir(parents=True)
+        (tmp_path / "bad" / "train" / name / "a.png").write_text("text")
+    with pytest.raises(FolderError, match="no usable training images"):
         read_image_folder(tmp_path / "bad", cache_dir=tmp_path / "cache")
+    (tmp_path / "v" / "val" / "cat").mkdir(parents=True)
+    with pytest.raises(FolderError, match="val/ folder but no train/ folder"):
+        read_image_folder(tmp_path / "v")
+
+
+def _no_scan(monkeypatch):
+    """Makes reading any image fail the test: the error must come from the layout alone."""
+    def scan(*args, **kwargs):
+        raise AssertionError("images were read")
+    monkeypatch.setattr(folder_reader, "scan_images", scan)
+
+
+def test_empty_folder_or_no_class_folders_is_a_folder_error(tmp_path, monkeypatch):
+    _no_scan(monkeypatch)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FolderError, match=r"empty is empty: expected .*empty/<class>/"):
+        read_image_folder(tmp_path / "empty")
+    _write_class(tmp_path / "loose", 3)  # images, but not in class folders
+    with pytest.raises(FolderError, match=r"no class folders \(3 image files lie directly"):
+        read_image_folder(tmp_path / "loose")
+
+
+def test_one_class_is_refused_before_any_image_is_read(tmp_path, monkeypatch):
+    _no_scan(monkeypatch)
+    _write_class(tmp_path / "one" / "train" / "cat", 4)
+    _write_class(tmp_path / "one" / "val" / "cat", 2)
+    with pytest.raises(FolderError, match=r"1 class folder \(cat\): a classifier needs at "
+                                          r"least 2 classes"):
+        read_image_folder(tmp_path / "one")
+    _write_class(tmp_path / "flat" / "cat", 4)
+    with pytest.raises(FolderError, match="flat has 1 class folder"):
+        read_image_folder(tmp_path / "flat")
+
+
+def test_one_class_with_usable_images_is_refused(tmp_path):
+    _write_class(tmp_path / "d" / "cat", 4)
+    (tmp_path / "d" / "dog").mkdir()
+    (tmp_path / "d" / "dog" / "a.png").write_text("not an image")
+    with pytest.raises(FolderError, match=r"usable training images in only 1 class \(cat;"):
+        read_image_folder(tmp_path / "d", cache_dir=tmp_path / "cache")
+
+
+def test_folder_class_names_reads_no_image(tmp_path, monkeypatch):
+    _no_scan(monkeypatch)
+    for name in ("dog", "cat", ".hidden"):
+        (tmp_path / "r" / "train" / name).mkdir(parents=True)
+    assert folder_class_names(tmp_path / "r") == ["cat", "dog"]

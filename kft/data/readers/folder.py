@@ -10,6 +10,10 @@ Class names are the sorted class-folder names of the training folder (a ``val`` 
 ``train`` folder is an error). Files are listed recursively inside each class folder; files
 without an image extension, files outside any class folder and hidden folders are reported as
 skipped. Every image is checked by :func:`kft.data.images.scan_images` before training.
+
+A classifier needs at least two classes with usable training images: an empty folder, one
+without class folders or with a single class is a :class:`FolderError` naming the folder,
+raised before any image is read where it can be.
 """
 
 from __future__ import annotations
@@ -23,6 +27,10 @@ import numpy as np
 
 from kft.data.images import IMAGE_EXTENSIONS, has_image_extension, scan_images
 from kft.data.report import DataReport
+
+
+class FolderError(ValueError):
+    """A folder that cannot be read as a classification dataset; the message names it."""
 
 
 @dataclass
@@ -131,14 +139,38 @@ def _layout(root: Path) -> tuple[Path, Path | None]:
     if train.is_dir():
         return train, (val if val.is_dir() else None)
     if val.is_dir():
-        raise ValueError(f"{root} has a val/ folder but no train/ folder: expected "
-                         f"{root}/train/<class>/<image>")
+        raise FolderError(f"{root} has a val/ folder but no train/ folder: expected "
+                          f"{root}/train/<class>/<image> (data.root)")
     return root, None
+
+
+def _no_classes_message(train_dir: Path) -> str:
+    loose = sum(1 for e in os.scandir(train_dir) if e.is_file() and has_image_extension(e.name))
+    if loose:
+        what = (f"has no class folders ({loose} image files lie directly in it: put each "
+                f"class's images in a folder of its own)")
+    elif not any(os.scandir(train_dir)):
+        what = "is empty"
+    else:
+        what = "has no class folders"
+    return f"{train_dir} {what}: expected {train_dir}/<class>/<image files> (data.root)"
+
+
+def _count(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else (many or one + 's')}"
+
+
+def folder_class_names(root) -> list[str]:
+    """The class names :func:`read_image_folder` would give ``root``, from the folder names
+    alone (no image is read)."""
+    train_dir, _ = _layout(Path(root))
+    return _class_dirs(train_dir, DataReport())
 
 
 def read_image_folder(root, *, val_fraction: float = 0.1, seed: int = 0,
                       report: DataReport | None = None, cache_dir=None, min_side: int = 8,
-                      workers: int = 2) -> tuple[ClassificationSplit, ClassificationSplit]:
+                      workers: int = 2, min_classes: int = 2
+                      ) -> tuple[ClassificationSplit, ClassificationSplit]:
     """Reads an image-folder dataset into (train, val) splits (see the module docstring).
 
     Args:
@@ -150,22 +182,31 @@ def read_image_folder(root, *, val_fraction: float = 0.1, seed: int = 0,
         cache_dir: folder for converted copies (see :func:`kft.data.images.scan_images`).
         min_side: smaller images are skipped.
         workers: threads used to check the images.
+        min_classes: fewer class folders, or fewer classes with a usable training image, is
+            a :class:`FolderError` (a one-class "classifier" learns nothing).
 
     Returns:
         (train, val) :class:`ClassificationSplit` with the same ``class_names``.
+
+    Raises:
+        FileNotFoundError: ``root`` is not a folder.
+        FolderError: the layout or the usable images cannot make a classification dataset.
     """
     root = Path(root)
     report = report if report is not None else DataReport()
     train_dir, val_dir = _layout(root)
     class_names = _class_dirs(train_dir, report)
     if not class_names:
-        raise ValueError(f"{train_dir} has no class folders: expected "
-                         f"{train_dir}/<class>/<image files>")
+        raise FolderError(_no_classes_message(train_dir))
+    if len(class_names) < min_classes:
+        raise FolderError(f"{train_dir} has {_count(len(class_names), 'class folder')} "
+                          f"({', '.join(class_names)}): a classifier needs at least "
+                          f"{min_classes} classes, {train_dir}/<class>/<image files> (data.root)")
     if val_dir is not None:
         extra = sorted(set(_class_dirs(val_dir, report)) - set(class_names))
         if extra:
-            raise ValueError(f"{val_dir} has class folders {extra} that {train_dir} lacks: "
-                             "every validation class needs training images")
+            raise FolderError(f"{val_dir} has class folders {extra} that {train_dir} lacks: "
+                              "every validation class needs training images")
     train_files, train_labels = _list_split(train_dir, class_names, report)
     val_files, val_labels = ([], []) if val_dir is None else _list_split(
         val_dir, class_names, report)
@@ -177,9 +218,16 @@ def read_image_folder(root, *, val_fraction: float = 0.1, seed: int = 0,
         tr_idx, va_idx = stratified_split(train.labels, val_fraction, seed)
         train, val = _subset(train, tr_idx), _subset(train, va_idx)
     if not train.paths:
-        raise ValueError(f"{train_dir} has no usable training images "
-                         f"({report.to_dict()['num_skipped']} files skipped, see the data report)")
+        raise FolderError(f"{train_dir} has no usable training images "
+                          f"({report.to_dict()['num_skipped']} files skipped, see the data report)")
     present = set(train.labels)
+    if len(present) < min_classes:
+        names = [class_names[i] for i in sorted(present)]
+        raise FolderError(f"{train_dir}: usable training images in only "
+                          f"{_count(len(present), 'class', 'classes')} "
+                          f"({', '.join(names)}; {report.to_dict()['num_skipped']} files "
+                          f"skipped, see the data report): a classifier needs at least "
+                          f"{min_classes}")
     for label, name in enumerate(class_names):
         if label not in present:
             report.skip(train_dir / name, f"class '{name}' has no usable training image: it "
