@@ -230,6 +230,8 @@ def _predict(model_path, images, top_k, score_threshold):
     import numpy as np
     from PIL import Image, ImageOps
 
+    from kft.data.pipeline import resize_uint8
+
     path = Path(model_path)
     names_file = (path if path.is_dir() else path.parent) / "class_names.json"
     model = _load_model(path / "model.keras" if path.is_dir() else path)
@@ -243,11 +245,11 @@ def _predict(model_path, images, top_k, score_threshold):
     for image_path in images:
         try:
             with Image.open(image_path) as im:
-                im = ImageOps.exif_transpose(im).convert("RGB")
-                if detector:
-                    pixels = np.asarray(im)
-                else:
-                    pixels = np.asarray(im.resize((w, h), Image.BILINEAR), dtype="float32")
+                pixels = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+            if not detector:
+                # the training/eval pipeline's own resize (bilinear without antialiasing,
+                # rounded to uint8), not PIL's antialiased one
+                pixels = np.asarray(resize_uint8(pixels, (h, w)), dtype="float32")
         except OSError as e:
             results.append({"image": image_path, "error": f"cannot read image: {e}"})
             continue

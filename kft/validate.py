@@ -42,7 +42,7 @@ RESNET_STAGES = {  # kft.models.backbones.resnet.RESNET_ARCHS: arch -> number of
     "resnet_tiny": 3,
 }
 SSD_ARCHS = ("ssd300_vgg16", "ssd512_vgg16", "ssdlite_mobilenet_v2",
-             "ssdlite_mobilenet_v3")  # kft.train.detect.SSD_ARCHS
+             "ssdlite_mobilenet_v3")  # kft.models.ssd.SSD_ARCHS
 OPTIMIZERS = ("sgd", "adamw", "adam")  # kft.train.optimizers._OPTIMIZERS
 SCHEDULES = ("constant", "cosine_restarts", "warmup_multistep", "step")  # build_schedule
 PRECISIONS = ("", "float32", "float16", "bfloat16")  # kft.train.runs.set_precision

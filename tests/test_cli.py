@@ -279,3 +279,30 @@ def test_a_failed_run_keeps_its_directory_only_once_training_began(tmp_path, mon
     with pytest.raises(ValueError, match="late"):
         run_recipe(recipe, out, verbose=0)
     assert out.exists() == trained and (tmp_path / "new").exists() == trained
+
+
+def test_predict_resizes_as_the_pipeline_does(finished_run, tmp_path):
+    """A large photo-sized image with fine detail: kft predict gives the probabilities of the
+    evaluation pipeline's own preprocessing (PIL's antialiased resize would not)."""
+    import keras
+    import numpy as np
+    from PIL import Image
+
+    from kft.data.pipeline import load_image
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (300, 410, 3), dtype=np.uint8)
+    pixels[::2] = 255 - pixels[::2]  # stripes a downscale must not blur differently
+    path = tmp_path / "photo.png"
+    Image.fromarray(pixels).save(path)
+    run = finished_run / "run"
+    result = CliRunner().invoke(kft_main, ["predict", str(run), str(path), "--top-k", "2"])
+    assert result.exit_code == 0, result.output
+    got = {t["class"]: t["prob"] for t in json.loads(result.output)[0]["top"]}
+    model = keras.saving.load_model(run / "model.keras")
+    logits = model.predict_on_batch(load_image(path, 32)[None])[0]
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+    names = json.loads((run / "class_names.json").read_text())
+    for i, name in enumerate(names):
+        assert got[name] == pytest.approx(float(probs[i]), abs=1e-5)

@@ -162,8 +162,6 @@ def test_browse_augment_without_module_is_a_clear_error(shapes, tmp_path, monkey
 
 
 def test_browse_augmented(shapes, tmp_path):
-    pytest.importorskip("kft.data.detection_augment",
-                        reason="kft.data.detection_augment (D3 augmentation) is not written yet")
     sheets = {}
     for name in ("none", "default", "ssd"):
         out = tmp_path / f"{name}.png"

@@ -20,8 +20,10 @@ SPLITS = {"voc": ("train", "val"), "coco": ("train", "val")}
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
-    return make_shapes_detection(tmp_path_factory.mktemp("det") / "shapes", num_train=16,
-                                 num_val=4, image_size=(96, 128), max_objects=3, seed=0)
+    # several sizes and aspect ratios; 17 / 5 images: no batch size (8 train, 4 eval) divides
+    return make_shapes_detection(tmp_path_factory.mktemp("det") / "shapes", num_train=17,
+                                 num_val=5, image_size=[(96, 128), (150, 100), (120, 120)],
+                                 max_objects=3, seed=0)
 
 
 def _recipe(root, fmt, train_split, val_split, **extra):
@@ -54,12 +56,14 @@ def test_detection_run_writes_the_run_directory(finished_run):
     header = (run / "history.csv").read_text().splitlines()[0]
     assert "val_bbox_AP50" in header and "cls_loss" in header and "learning_rate" in header
     metrics = json.loads((run / "metrics.json").read_text())
-    assert 0.0 <= metrics["bbox_AP50"] <= 1.0 and metrics["num_images"] == 4
+    assert isinstance(metrics["bbox_AP50"], float) and metrics["num_images"] == 5
     if fmt == "voc":
         assert metrics["voc07_mAP"] is not None
     assert summary["epochs_run"] == 2
     report = json.loads((run / "data_report.json").read_text())
-    assert report["generated"] is True and report["num_train"] == 16
+    # early stopping selects on 2 of the 17 training images (data.val_fraction 0.1)
+    assert report["generated"] is True and report["num_train"] == 15
+    assert report["num_selection"] == 2 and "2 images held out" in metrics["selection_split"]
 
 
 def test_detection_run_refuses_unknown_arch_and_no_objects(shapes, tmp_path):
@@ -82,7 +86,7 @@ def test_cli_eval_export_predict_on_a_detection_run(finished_run, shapes, tmp_pa
     again = json.loads((run / "metrics_eval.json").read_text())
     first = json.loads((run / "metrics.json").read_text())
     assert again["bbox_AP50"] == pytest.approx(first["bbox_AP50"])
-    assert again["num_images"] == first["num_images"] == 4
+    assert again["num_images"] == first["num_images"] == 5
 
     result = runner.invoke(kft_main, ["export", str(run), "--formats", "float32",
                                       "--samples", "4", "--output", str(tmp_path / "exp")])

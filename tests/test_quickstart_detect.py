@@ -51,13 +51,38 @@ def _short_run(voc, run_dir, *overrides):
 
 
 @pytest.fixture(scope="module")
-def finetuned(unseen_voc, tmp_path_factory):
-    return _short_run(unseen_voc, tmp_path_factory.mktemp("ft") / "run")
+def finetuned_run(unseen_voc, tmp_path_factory):
+    run = tmp_path_factory.mktemp("ft") / "run"
+    return run, _short_run(unseen_voc, run, "export.enabled=true",
+                           "export.representative_samples=32")
+
+
+@pytest.fixture(scope="module")
+def finetuned(finetuned_run):
+    return finetuned_run[1]
 
 
 def test_short_finetuning_run_reaches_ap50(finetuned):
     assert finetuned["num_images"] == 40
     assert finetuned["bbox_AP50"] >= 0.5
+
+
+def test_export_and_eval_agree_with_the_run_on_a_model_that_detects(finetuned_run):
+    """Parity on a model that finds the objects (AP50 >= 0.5), never 0 against 0."""
+    from click.testing import CliRunner
+
+    from kft.cli import main as kft_main
+
+    run, metrics = finetuned_run
+    report = json.loads((run / "export" / "report.json").read_text())
+    assert report["keras"]["bbox_AP50"] == metrics["bbox_AP50"] >= 0.5
+    assert report["float32"]["bbox_AP50"] == pytest.approx(metrics["bbox_AP50"], abs=1e-4)
+    assert report["float32"]["bbox_AP"] == pytest.approx(metrics["bbox_AP"], abs=1e-4)
+    assert abs(report["int8"]["bbox_AP50"] - metrics["bbox_AP50"]) <= 0.03
+    result = CliRunner().invoke(kft_main, ["eval", str(run)])
+    assert result.exit_code == 0, result.output
+    again = json.loads((run / "metrics_eval.json").read_text())
+    assert again["bbox_AP"] == pytest.approx(metrics["bbox_AP"], abs=1e-6)
 
 
 def test_transfer_beats_training_from_scratch(unseen_voc, finetuned, tmp_path):

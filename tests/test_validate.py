@@ -234,7 +234,7 @@ def test_choice_lists_match_the_code_constants():
     from kft.eval.detection import LOG_KEYS, VOC_LOG_KEYS
     from kft.export.tflite import FORMATS
     from kft.models.backbones.resnet import RESNET_ARCHS
-    from kft.train.detect import SSD_ARCHS
+    from kft.models.ssd import SSD_ARCHS
     from kft.train.optimizers import _OPTIMIZERS
 
     assert {a: len(blocks) for a, (_, blocks) in RESNET_ARCHS.items()} == v.RESNET_STAGES

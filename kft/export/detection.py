@@ -251,16 +251,20 @@ _REPORT_KEYS = ("bbox_AP", "bbox_AP50", "bbox_AP75", "voc07_mAP", "num_images", 
 
 def export_detector_and_report(model, out_dir: str | os.PathLike, representative, val_split,
                                val_batches, formats: Sequence[str] = ("float32", "int8"),
-                               voc: bool = False, num_calibration: int = 100) -> dict:
+                               voc: bool = False, num_calibration: int = 100,
+                               keras_metrics: dict | None = None) -> dict:
     """Exports ``formats`` and writes ``out_dir/report.json`` comparing them with Keras.
 
     Keras and every TFLite file are scored by the same :func:`evaluate_detector` on the same
     ``val_batches``. Returns (and writes) ``{"keras": {bbox_AP, bbox_AP50, bbox_AP75,
     [voc07_mAP], num_images, latency_ms, size_mb}, <format>: {same, "path",
     "bbox_AP_drop_vs_keras", "bbox_AP50_drop_vs_keras"}, "int8_ops": op summary}``.
+    ``keras_metrics``: the model's :func:`evaluate_detector` metrics on these batches when the
+    caller has them already (a run's final evaluation), so they are not computed twice.
     """
     paths = export_detector(model, out_dir, representative, formats, num_calibration)
-    keras_metrics = evaluate_detector(model.predict_on_batch, val_split, val_batches, voc=voc)
+    keras_metrics = dict(keras_metrics) if keras_metrics is not None else evaluate_detector(
+        model.predict_on_batch, val_split, val_batches, voc=voc)
     keras_metrics["latency_ms"] = keras_detector_latency_ms(model, val_batches)
     keras_metrics["size_mb"] = keras_weights_mb(model)
     report = {"keras": _pick(keras_metrics)}

@@ -16,11 +16,27 @@ from keras import layers, ops
 
 from kft.losses import ssd_multibox_loss
 from kft.models.heads.ssd import SSDHead
-from kft.ops.anchors import SSD300_ASPECT_RATIOS, num_boxes_per_location, ssd_default_boxes
+from kft.ops.anchors import (
+    SSD300_ASPECT_RATIOS,
+    SSD300_SIZES,
+    SSD512_ASPECT_RATIOS,
+    SSD512_SIZES,
+    SSDLITE320_SIZES,
+    SSDLITE_ASPECT_RATIOS,
+    num_boxes_per_location,
+    ssd_default_boxes,
+)
 from kft.ops.box_coder import SSD_VARIANCES, decode
 from kft.ops.boxes import clip_boxes
 from kft.ops.matcher import match, targets
 from kft.ops.nms import batched_nms
+
+
+class ArchError(ValueError):
+    """An ``arch`` that does not exist, or an image size the arch cannot take."""
+
+
+SSD_ARCHS = ("ssd300_vgg16", "ssd512_vgg16", "ssdlite_mobilenet_v2", "ssdlite_mobilenet_v3")
 
 
 @keras.saving.register_keras_serializable(package="kft")
@@ -133,6 +149,48 @@ class SSD(keras.Model):
                                   max_detections=self.max_detections, name="decoder")
         self.cls_loss_tracker = keras.metrics.Mean(name="cls_loss")
         self.box_loss_tracker = keras.metrics.Mean(name="box_loss")
+
+    @classmethod
+    def from_arch(cls, arch: str, num_classes: int, *, image_size: int | None = None,
+                  width_multiplier: float = 1.0, backbone_weights=None, sizes=None,
+                  aspect_ratios=None, **kwargs) -> SSD:
+        """A detector of ``SSD_ARCHS`` with its published defaults.
+
+        * ``ssd300_vgg16`` / ``ssd512_vgg16``: VGG16 (300 / 512 px only), conv head, the
+          paper's default boxes (``SSD300_SIZES`` / ``SSD512_SIZES``) and aspect ratios;
+          ``backbone_weights`` a keras.applications VGG16 ImageNet ``.h5`` (fc6/fc7 are
+          subsampled from its fc layers).
+        * ``ssdlite_mobilenet_v2`` / ``_v3``: SSDLite (any ``image_size`` >= 32; 320 in the
+          paper), MobileNet width ``width_multiplier``, depthwise head, ``SSDLITE320_SIZES``;
+          ``backbone_weights`` a keras.applications ``include_top=False`` weights file.
+
+        ``sizes`` / ``aspect_ratios`` override the defaults; other ``kwargs`` go to
+        :class:`SSD` (``steps``, losses, decoder settings).
+        """
+        from kft.models.backbones.mobilenet import ssdlite_mobilenet_v2, ssdlite_mobilenet_v3
+        from kft.models.backbones.vgg import load_vgg16_imagenet, ssd_vgg16
+
+        if arch in ("ssd300_vgg16", "ssd512_vgg16"):
+            side = 300 if arch == "ssd300_vgg16" else 512
+            if image_size not in (None, side):
+                raise ArchError(f"arch={arch} takes {side} px images: set "
+                                 f"data.image_size={side}")
+            backbone = ssd_vgg16(side)
+            if backbone_weights:
+                load_vgg16_imagenet(backbone, backbone_weights)
+            default_sizes, default_ratios = ((SSD300_SIZES, SSD300_ASPECT_RATIOS) if side == 300
+                                             else (SSD512_SIZES, SSD512_ASPECT_RATIOS))
+            head = "conv"
+        elif arch in ("ssdlite_mobilenet_v2", "ssdlite_mobilenet_v3"):
+            build = ssdlite_mobilenet_v2 if arch.endswith("v2") else ssdlite_mobilenet_v3
+            backbone = build(image_size or 320, alpha=width_multiplier,
+                             weights=backbone_weights or None)
+            default_sizes, default_ratios, head = (SSDLITE320_SIZES, SSDLITE_ASPECT_RATIOS,
+                                                   "depthwise")
+        else:
+            raise ArchError(f"arch={arch!r} is not a detector; choose from {list(SSD_ARCHS)}")
+        return cls(backbone, num_classes, sizes=sizes or default_sizes,
+                   aspect_ratios=aspect_ratios or default_ratios, head=head, **kwargs)
 
     # --- training ---------------------------------------------------------------------------
 

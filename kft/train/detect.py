@@ -22,17 +22,7 @@ from kft.data.shapes import SHAPE_CLASSES, make_shapes_detection
 from kft.eval.detection import COCOEvalCallback, evaluate_detector
 from kft.eval.detection_plots import plot_detection_gallery, plot_per_class_ap
 from kft.eval.plots import plot_history
-from kft.models.backbones.mobilenet import ssdlite_mobilenet_v2, ssdlite_mobilenet_v3
-from kft.models.backbones.vgg import load_vgg16_imagenet, ssd_vgg16
-from kft.models.ssd import SSD
-from kft.ops.anchors import (
-    SSD300_ASPECT_RATIOS,
-    SSD300_SIZES,
-    SSD512_ASPECT_RATIOS,
-    SSD512_SIZES,
-    SSDLITE320_SIZES,
-    SSDLITE_ASPECT_RATIOS,
-)
+from kft.models.ssd import SSD, ArchError
 from kft.train.runs import (
     compile_for_training,
     fit,
@@ -43,8 +33,6 @@ from kft.train.runs import (
     set_precision,
     training_callbacks,
 )
-
-SSD_ARCHS = ("ssd300_vgg16", "ssd512_vgg16", "ssdlite_mobilenet_v2", "ssdlite_mobilenet_v3")
 
 
 def read_split(data: cfg.Data, split: str, run_dir: Path, root: str | None = None,
@@ -124,32 +112,20 @@ def generate_shapes(data: cfg.Data, root: str, seed: int = 0) -> Path:
 
 def build_detector(m: cfg.Model, t: cfg.Train, e: cfg.Eval, num_classes: int,
                    image_size: int) -> SSD:
-    """An SSD / SSDLite from recipe fields (``model.arch`` one of ``SSD_ARCHS``)."""
-    if m.arch == "ssd300_vgg16" or m.arch == "ssd512_vgg16":
-        backbone = ssd_vgg16(300 if m.arch == "ssd300_vgg16" else 512)
-        sizes, ratios = ((SSD300_SIZES, SSD300_ASPECT_RATIOS) if m.arch == "ssd300_vgg16"
-                         else (SSD512_SIZES, SSD512_ASPECT_RATIOS))
-        head = "conv"
-    elif m.arch in ("ssdlite_mobilenet_v2", "ssdlite_mobilenet_v3"):
-        build = ssdlite_mobilenet_v2 if m.arch.endswith("v2") else ssdlite_mobilenet_v3
-        backbone = build(image_size, alpha=m.width_multiplier, weights=m.backbone_weights or None)
-        sizes, ratios, head = SSDLITE320_SIZES, SSDLITE_ASPECT_RATIOS, "depthwise"
-    else:
-        raise cfg.ConfigError(f"model.arch={m.arch!r} is not a detector; choose from "
-                              f"{list(SSD_ARCHS)}")
-    if m.arch.endswith("vgg16") and m.backbone_weights:
-        load_vgg16_imagenet(backbone, m.backbone_weights)
-    model = SSD(backbone, num_classes, sizes=m.default_box_sizes or sizes,
-                aspect_ratios=m.default_box_aspect_ratios or ratios,
-                steps=m.default_box_steps or None, head=head,
-                iou_threshold=t.iou_threshold, neg_pos_ratio=t.neg_pos_ratio,
-                cls_loss=t.cls_loss, box_loss=t.box_loss, cls_weight=t.cls_weight,
-                loc_weight=t.loc_weight, label_smoothing=t.label_smoothing,
-                score_threshold=e.score_threshold, nms_iou_threshold=e.nms_iou_threshold,
-                max_detections=e.max_detections)
-    if model.image_size[0] != image_size:
-        raise cfg.ConfigError(f"model.arch={m.arch} takes {model.image_size[0]} px images: set "
-                              f"data.image_size={model.image_size[0]}")
+    """An SSD / SSDLite from recipe fields (:meth:`SSD.from_arch`; ``model.arch`` one of
+    ``SSD_ARCHS``)."""
+    try:
+        model = SSD.from_arch(
+            m.arch, num_classes, image_size=image_size, width_multiplier=m.width_multiplier,
+            backbone_weights=m.backbone_weights or None, sizes=m.default_box_sizes or None,
+            aspect_ratios=m.default_box_aspect_ratios or None,
+            steps=m.default_box_steps or None, iou_threshold=t.iou_threshold,
+            neg_pos_ratio=t.neg_pos_ratio, cls_loss=t.cls_loss, box_loss=t.box_loss,
+            cls_weight=t.cls_weight, loc_weight=t.loc_weight,
+            label_smoothing=t.label_smoothing, score_threshold=e.score_threshold,
+            nms_iou_threshold=e.nms_iou_threshold, max_detections=e.max_detections)
+    except ArchError as err:
+        raise cfg.ConfigError(f"model.{err}") from None
     if m.bn_momentum:
         set_bn_momentum(model, m.bn_momentum)
     return model
@@ -322,7 +298,7 @@ def _run(recipe, run_dir, ckpt_dir, resume, verbose, t0):
         export_report = export_detector_and_report(
             model, run_dir / "export", rep.dataset, val_split, val_batches.dataset,
             formats=tuple(recipe.export.quantize), voc=d.format == "voc",
-            num_calibration=recipe.export.representative_samples)
+            num_calibration=recipe.export.representative_samples, keras_metrics=metrics)
     summary = {"run_dir": str(run_dir), "epochs_run": t.epochs - initial_epoch,
                "metrics": {k: metrics.get(k) for k in ("bbox_AP", "bbox_AP50", "bbox_AP75")},
                "model": str(run_dir / "model.keras"), "plots": plots,

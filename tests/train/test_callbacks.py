@@ -113,3 +113,24 @@ def test_logged_learning_rate_is_the_last_updates_under_accumulation():
     history = model.fit(x, y, epochs=2, batch_size=8, verbose=0,
                         callbacks=[LearningRateLogger()])
     assert history.history["learning_rate"] == pytest.approx([0.1, 0.01])
+
+
+def test_an_early_stopped_run_is_not_trained_again_on_resume(tmp_path):
+    from kft.train.runs import resume_state
+
+    x, y = _data()
+    model = _model()
+    # the loss falls, so "max" mode sees no improvement after epoch 0 and stops after epoch 1
+    es = ResumableEarlyStopping(monitor="loss", mode="max", patience=1,
+                                restore_best_weights=True)
+    model.fit(x, y, epochs=10, batch_size=8, verbose=0,
+              callbacks=[es, EpochCheckpoint(tmp_path, es)])
+    state = read_state(tmp_path)
+    assert state["epoch"] == 2 and state["stopped_early"] is True
+    # the best weights are epoch 1's, in a file named by the committed state
+    assert state["best_weights"] == "best-0001.npz"
+    assert sorted(p.name for p in tmp_path.glob("best*.npz")) == ["best-0001.npz"]
+    fresh = _model()
+    es2 = ResumableEarlyStopping(monitor="loss", mode="max", patience=1,
+                                 restore_best_weights=True)
+    assert resume_state(fresh, tmp_path, es2, True, epochs=10) == 10
