@@ -71,16 +71,14 @@ def _load_run(target: str, data_root: str | None, overrides=()):
 
 
 def _load_model(model_path: Path):
-    """``keras.saving.load_model`` with kft's classes registered; a file that is not a
-    loadable Keras model is a user error naming it."""
-    import keras
-
-    import kft.models  # noqa: F401  (registers kft's layers, models, optimizers)
+    """:func:`kft.saving.load_model`; a file that is not a loadable Keras model is a user error
+    naming it."""
+    from kft.saving import load_model
 
     if not Path(model_path).is_file():
         raise cfg.ConfigError(f"{model_path}: no such model file")
     try:
-        return keras.saving.load_model(model_path)
+        return load_model(model_path)
     except Exception as e:  # noqa: BLE001 - a zip, a format or a deserialisation error
         first = (str(e).strip().splitlines() or [""])[0]
         raise cfg.ConfigError(f"{model_path}: cannot load the Keras model "

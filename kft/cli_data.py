@@ -76,18 +76,11 @@ def voc_class_names(root, splits) -> list[str]:
 def read_split(fmt: str, root, split: str, class_names=None, check_images: str = "full"):
     """One split of a dataset in ``fmt`` (``voc``/``coco``/``cityscapes``) as a
     :class:`~kft.data.readers.detection.DetectionSplit`."""
+    from kft.data.readers.formats import read_detection
+
     if fmt == "voc":
-        from kft.data.readers.voc import read_voc
-
-        names = class_names or voc_class_names(root, [split])
-        return read_voc(root, split, class_names=names, check_images=check_images)
-    if fmt == "coco":
-        from kft.data.readers.coco import read_coco
-
-        return read_coco(root, split, check_images=check_images)
-    from kft.data.readers.cityscapes import read_cityscapes
-
-    return read_cityscapes(root, split, check_images=check_images)
+        class_names = class_names or voc_class_names(root, [split])
+    return read_detection(fmt, root, split, class_names=class_names, check_images=check_images)
 
 
 def _split_names(fmt: str, split: str | None, val_split: str | None) -> dict[str, str]:
@@ -270,11 +263,11 @@ def _augmenter(name: str):
     if name == "none":
         return None
     try:
-        from kft.data.detection_augment import default_detection_augment, ssd_augment
+        from kft.data.detection_augment import detection_augment_by_name
     except ImportError as e:
         raise click.UsageError(f"--augment {name} needs kft.data.detection_augment, which "
                                f"cannot be imported ({e}); use --augment none") from None
-    return {"default": default_detection_augment, "ssd": ssd_augment}[name]()
+    return detection_augment_by_name(name)
 
 
 @data.command("browse", short_help="Gallery PNG of annotated (augmented) images.")

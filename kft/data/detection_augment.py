@@ -905,3 +905,16 @@ def default_detection_augment(seed=None) -> DetectionAugment:
     """The guide's D3 recipe: h-flip p 0.5, rotate +-15 degrees, hue +-20 degrees / saturation
     +-20 %, Gaussian blur sigma 0-1 (rotate, colour and blur each with p 0.5)."""
     return DetectionAugment(seed=seed, name="detection_augment")
+
+
+# The augmentation presets by name (``data.detection_augment``, ``kft data browse --augment``).
+DETECTION_AUGMENTS = {"none": None, "ssd": ssd_augment, "default": default_detection_augment}
+
+
+def detection_augment_by_name(name: str, seed=None) -> DetectionAugment | None:
+    """The preset ``name`` of ``DETECTION_AUGMENTS`` (``""`` = ``"none"``: no augmentation)."""
+    if (name or "none") not in DETECTION_AUGMENTS:
+        raise ValueError(f"detection_augment={name!r} must be one of "
+                         f"{list(DETECTION_AUGMENTS)}")
+    build = DETECTION_AUGMENTS[name or "none"]
+    return None if build is None else build(seed=seed)

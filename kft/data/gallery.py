@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from kft.data.readers.detection import DetectionSplit, decode_masks, load_image
-from kft.eval.plots import save_figure
+from kft.plotting import save_figure
 
 TILE = 256
 PAD = 4

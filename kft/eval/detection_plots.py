@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from kft.eval.plots import save_figure
+from kft.plotting import save_figure
 
 
 def _new_figure(width: float, height: float) -> Figure:

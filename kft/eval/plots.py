@@ -16,6 +16,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from kft.plotting import save_figure
+
 MAX_ANNOTATED_CLASSES = 30
 LEARNING_RATE_KEYS = ("learning_rate", "lr")
 
@@ -161,11 +163,3 @@ def _annotate_counts(ax, counts: np.ndarray, normalised: np.ndarray) -> None:
         ax.text(j, i, f"{count:g}", ha="center", va="center", color=colour, fontsize=8)
 
 
-def save_figure(fig: Figure, path: str | os.PathLike) -> str:
-    """Saves ``fig`` as PNG, creating parent folders; returns ``str(path)``."""
-    path = os.fspath(path)
-    parent = os.path.dirname(path)
-    if parent:
-        os.makedirs(parent, exist_ok=True)
-    fig.savefig(path, format="png", dpi=100, bbox_inches="tight")
-    return path

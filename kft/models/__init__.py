@@ -1,7 +1,8 @@
 """kft models: compositions of a backbone, optional neck, and heads.
 
-Importing this package registers every kft layer and model class with Keras, so
-``keras.saving.load_model`` can read any kft ``.keras`` file afterwards.
+Importing this package registers every kft layer and model class with Keras; use
+:func:`kft.saving.load_model` to read a kft ``.keras`` file (it also registers the optimisers
+and schedules a compiled model was saved with).
 """
 
 from kft.models.backbones import mobilenet as _mobilenet  # noqa: F401  (registration)
@@ -9,7 +10,5 @@ from kft.models.backbones import vgg as _vgg  # noqa: F401  (registration)
 from kft.models.classifier import ResNetClassifier
 from kft.models.ssd import SSD, SSDDecoder
 from kft.models.weights import load_from
-from kft.train import optimizers as _optimizers  # noqa: F401  (a saved model's optimizer)
-from kft.train import schedules as _schedules  # noqa: F401
 
 __all__ = ["SSD", "ResNetClassifier", "SSDDecoder", "load_from"]

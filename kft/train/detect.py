@@ -15,9 +15,10 @@ from pathlib import Path
 import keras
 
 from kft import config as cfg
-from kft.data import DataReport, detection_batches, read_cityscapes, read_coco, read_voc
-from kft.data.detection_augment import default_detection_augment, ssd_augment
+from kft.data import DataReport, detection_batches
+from kft.data.detection_augment import detection_augment_by_name
 from kft.data.readers.detection import align_classes
+from kft.data.readers.formats import DETECTION_FORMATS, read_detection
 from kft.data.shapes import SHAPE_CLASSES, make_shapes_detection
 from kft.eval.detection import COCOEvalCallback, evaluate_detector
 from kft.eval.detection_plots import plot_detection_gallery, plot_per_class_ap
@@ -51,16 +52,12 @@ def read_split(data: cfg.Data, split: str, run_dir: Path, root: str | None = Non
         _warn_if_generated_differently(data, root, seed)
     if not Path(root.split(",")[0]).exists():
         raise cfg.ConfigError(f"data.root={root!r} does not exist")
-    cache = run_dir / "cache" / "converted"
+    if fmt not in DETECTION_FORMATS:
+        raise cfg.ConfigError(f"data.format={fmt!r} must be one of {list(DETECTION_FORMATS)}")
     if fmt == "voc":
-        roots = [r.strip() for r in root.split(",") if r.strip()]  # "VOC2007,VOC2012" = 07+12
-        return read_voc(roots, split, class_names=list(data.class_names) or None,
-                        cache_dir=cache)
-    if fmt == "coco":
-        return read_coco(root, split, cache_dir=cache)
-    if fmt == "cityscapes":
-        return read_cityscapes(root, split, cache_dir=cache)
-    raise cfg.ConfigError(f"data.format={fmt!r} must be voc, coco or cityscapes")
+        root = [r.strip() for r in root.split(",") if r.strip()]  # "VOC2007,VOC2012" = 07+12
+    return read_detection(fmt, root, split, class_names=list(data.class_names) or None,
+                          cache_dir=run_dir / "cache" / "converted")
 
 
 def _generation_line(data: cfg.Data, seed: int) -> str:
@@ -155,13 +152,10 @@ def _generated(root: str) -> bool:
 
 
 def _augment(name: str, seed: int):
-    if name in ("", "none"):
-        return None
-    if name == "ssd":
-        return ssd_augment(seed=seed)
-    if name == "default":
-        return default_detection_augment(seed=seed)
-    raise cfg.ConfigError(f"data.detection_augment={name!r} must be none, ssd or default")
+    try:
+        return detection_augment_by_name(name, seed=seed)
+    except ValueError as e:
+        raise cfg.ConfigError(f"data.{e}") from None
 
 
 def run_detection(recipe: cfg.Recipe, run_dir: str | Path, resume: bool = False,
