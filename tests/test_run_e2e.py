@@ -8,13 +8,13 @@ import sys
 import time
 from pathlib import Path
 
-import keras
 import numpy as np
 import pytest
 
 from kft import config as cfg
 from kft.data import make_shapes_classification
 from kft.run import run_recipe
+from kft.saving import load_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -104,8 +104,8 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(shapes, tmp_path):
     # (0-based done - 1) ran at 0.02 * 0.5 ** (done - 1).
     assert f"last learning rate {0.02 * 0.5 ** (done - 1):.3g}" in out
 
-    a = keras.saving.load_model(tmp_path / "full" / "model.keras")
-    b = keras.saving.load_model(tmp_path / "killed" / "model.keras")
+    a = load_model(tmp_path / "full" / "model.keras")
+    b = load_model(tmp_path / "killed" / "model.keras")
     for va, vb in zip(a.weights, b.weights, strict=True):
         np.testing.assert_allclose(va.numpy(), vb.numpy(), rtol=1e-4, atol=1e-5, err_msg=va.path)
     rows = (tmp_path / "killed" / "history.csv").read_text().strip().splitlines()
