@@ -34,3 +34,40 @@ def colour_batch():
     for i, c in enumerate(labels):
         images[i, :, :, c] += 180
     return images, keras.utils.to_categorical(labels, 3).astype("float32")
+
+
+class KftProcess:
+    """``python -m kft.run`` in a child process (CPU only, quiet TF), for kill/resume tests."""
+
+    repo = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+    def start(self, args):
+        import subprocess
+        import sys
+
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+        return subprocess.Popen([sys.executable, "-m", "kft.run", *args], cwd=self.repo,
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+
+    def kill_after_epoch(self, args, state, epoch: int, settle: float = 0.0) -> int:
+        """Starts a run, SIGKILLs it once ``state`` (its state.json) has committed ``epoch``
+        (plus ``settle`` seconds into the next one); returns the last committed epoch."""
+        import json
+        import signal
+        import time
+
+        process = self.start(args)
+        deadline = time.time() + 300
+        while time.time() < deadline and not (state.is_file() and
+                                              json.loads(state.read_text())["epoch"] >= epoch):
+            time.sleep(0.05)
+        time.sleep(settle)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        return json.loads(state.read_text())["epoch"]
+
+
+@pytest.fixture
+def kft_process():
+    return KftProcess()

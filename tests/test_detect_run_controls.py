@@ -4,10 +4,6 @@ that matches an uninterrupted run (COCO-eval values carried across the resume)."
 
 import csv
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -150,18 +146,13 @@ def test_early_stopping_selects_on_a_train_holdout(shapes, tmp_path):
     assert summary["epochs_run"] == 2
 
 
-def _kft_run(args):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
-    return subprocess.Popen([sys.executable, "-m", "kft.run", *args], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
 def _history(run):
     with open(run / "history.csv") as f:
         return list(csv.DictReader(f))
 
 
-def test_detection_sigkill_then_resume_matches_an_uninterrupted_run(shapes, tmp_path):
+def test_detection_sigkill_then_resume_matches_an_uninterrupted_run(shapes, tmp_path,
+                                                                    kft_process):
     recipe = tmp_path / "det_resume.py"
     recipe.write_text(
         "from kft.config import *\n"
@@ -176,23 +167,17 @@ def test_detection_sigkill_then_resume_matches_an_uninterrupted_run(shapes, tmp_
         "                early_stopping_patience=4),\n"
         "    eval=Eval(batch_size=4, every=2, plots=False, score_threshold=0.0),\n"
         "    export=Export(enabled=False))\n")
-    full = _kft_run([str(recipe), "--output", str(tmp_path / "full"), "--quiet"])
+    full = kft_process.start([str(recipe), "--output", str(tmp_path / "full"), "--quiet"])
     out, _ = full.communicate(timeout=600)
     assert full.returncode == 0, out
 
-    killed = _kft_run([str(recipe), "--output", str(tmp_path / "killed"), "--quiet"])
     state = tmp_path / "killed" / "checkpoints" / "state.json"
-    deadline = time.time() + 300
-    while time.time() < deadline and not (state.is_file() and
-                                          json.loads(state.read_text())["epoch"] >= 2):
-        time.sleep(0.05)
-    killed.send_signal(signal.SIGKILL)
-    killed.wait()
-    done = json.loads(state.read_text())["epoch"]
+    done = kft_process.kill_after_epoch(
+        [str(recipe), "--output", str(tmp_path / "killed"), "--quiet"], state, 2)
     assert 2 <= done < 4, f"kill landed after epoch {done}"
 
-    resumed = _kft_run([str(recipe), "--output", str(tmp_path / "killed"), "--resume",
-                        "--quiet"])
+    resumed = kft_process.start([str(recipe), "--output", str(tmp_path / "killed"),
+                                 "--resume", "--quiet"])
     out, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, out
     assert f"resuming after epoch {done}" in out

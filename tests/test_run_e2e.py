@@ -1,11 +1,6 @@
 """End-to-end runs through ``python -m kft.run`` / ``run_recipe`` on data the tests generate."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -60,10 +55,10 @@ def test_run_writes_the_whole_run_directory(shapes, tmp_path):
         run_recipe(_recipe(shapes), run, verbose=0)
 
 
-def _kft_run(args, **kw):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
-    return subprocess.Popen([sys.executable, "-m", "kft.run", *args], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+def _kft_run(args):
+    from conftest import KftProcess
+
+    return KftProcess().start(args)
 
 
 def _recipe_file(tmp_path, root):
@@ -78,22 +73,16 @@ def _recipe_file(tmp_path, root):
     return path
 
 
-def test_sigkill_then_resume_matches_an_uninterrupted_run(shapes, tmp_path):
+def test_sigkill_then_resume_matches_an_uninterrupted_run(shapes, tmp_path, kft_process):
     recipe = _recipe_file(tmp_path, shapes)
     full = _kft_run([str(recipe), "--output", str(tmp_path / "full"), "--quiet"])
     out, _ = full.communicate(timeout=600)
     assert full.returncode == 0, out
 
-    killed = _kft_run([str(recipe), "--output", str(tmp_path / "killed"), "--quiet"])
     state = tmp_path / "killed" / "checkpoints" / "state.json"
-    deadline = time.time() + 300
-    while time.time() < deadline and not (state.is_file() and
-                                          json.loads(state.read_text())["epoch"] >= 2):
-        time.sleep(0.05)
-    time.sleep(0.3)  # into epoch 3
-    killed.send_signal(signal.SIGKILL)
-    killed.wait()
-    done = json.loads(state.read_text())["epoch"]
+    done = kft_process.kill_after_epoch(
+        [str(recipe), "--output", str(tmp_path / "killed"), "--quiet"], state, 2,
+        settle=0.3)  # into epoch 3
     assert 2 <= done < 4, f"kill landed after epoch {done}"
 
     resumed = _kft_run([str(recipe), "--output", str(tmp_path / "killed"), "--resume", "--quiet"])

@@ -176,7 +176,7 @@ def run_detection(recipe: cfg.Recipe, run_dir: str | Path, resume: bool = False,
 DRY_RUN_IMAGES = 3  # batches of 2: one full, one partial (the shapes a real split gives)
 
 
-def read_splits(d: cfg.Data, run_dir: Path, seed: int):
+def read_splits(d: cfg.Data, run_dir: Path):
     """``(train, val)`` splits with val's labels in train's class order (checked by name)."""
     train_split = read_split(d, d.train_split, run_dir)
     val_root = d.val_root or d.root
@@ -201,7 +201,7 @@ def dry_run_evaluation(model, split, d: cfg.Data, seed: int) -> None:
 
 def _run(recipe, run_dir, ckpt_dir, resume, verbose, t0):
     d, m, t, e = recipe.data, recipe.model, recipe.train, recipe.eval
-    train_split, val_split = read_splits(d, run_dir, t.seed)
+    train_split, val_split = read_splits(d, run_dir)
     report = DataReport().merge(train_split.report).merge(val_split.report).to_dict()
     selecting = t.early_stopping_patience > 0
     if selecting and e.every == 0:
