@@ -55,12 +55,6 @@ def test_run_writes_the_whole_run_directory(shapes, tmp_path):
         run_recipe(_recipe(shapes), run, verbose=0)
 
 
-def _kft_run(args):
-    from conftest import KftProcess
-
-    return KftProcess().start(args)
-
-
 def _recipe_file(tmp_path, root):
     path = tmp_path / "resume_recipe.py"
     path.write_text(
@@ -75,7 +69,7 @@ def _recipe_file(tmp_path, root):
 
 def test_sigkill_then_resume_matches_an_uninterrupted_run(shapes, tmp_path, kft_process):
     recipe = _recipe_file(tmp_path, shapes)
-    full = _kft_run([str(recipe), "--output", str(tmp_path / "full"), "--quiet"])
+    full = kft_process.start([str(recipe), "--output", str(tmp_path / "full"), "--quiet"])
     out, _ = full.communicate(timeout=600)
     assert full.returncode == 0, out
 
@@ -85,7 +79,8 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(shapes, tmp_path, kft_
         settle=0.3)  # into epoch 3
     assert 2 <= done < 4, f"kill landed after epoch {done}"
 
-    resumed = _kft_run([str(recipe), "--output", str(tmp_path / "killed"), "--resume", "--quiet"])
+    resumed = kft_process.start(
+        [str(recipe), "--output", str(tmp_path / "killed"), "--resume", "--quiet"])
     out, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, out
     assert f"resuming after epoch {done}" in out

@@ -1,7 +1,7 @@
 """TFLite export of SSD detectors (float32 / float16 / int8) with the post-processing in the
 graph, and their COCO evaluation against the Keras model (C1).
 
-Route (as for classifiers, see :mod:`kft.export.tflite`): ``keras.export.ExportArchive`` tracks
+Route (the export core, :mod:`kft.export.core`): ``keras.export.ExportArchive`` tracks
 the model and gets one ``serve`` endpoint ``images float32 [1, H, W, 3] (0..255) -> {"boxes"
 [1, D, 4], "scores" [1, D], "labels" [1, D] int32, "num_detections" [1] int32}`` that calls
 ``model.detect`` (network + :class:`~kft.models.ssd.SSDDecoder`: softmax, box decoding,
@@ -18,7 +18,7 @@ Formats (``model_<format>.tflite``):
   depthwise convolution, add and the head run on int8 tensors with int8 weights, calibrated on
   ``num_calibration`` images of ``representative`` (the training pipeline without
   augmentation). The post-processing (softmax, box decoding, NMS) stays float32 by selective
-  quantisation (see :func:`_int8_with_float_decoder`): TFLite's NMS has no integer kernel, and
+  quantisation (:func:`kft.export.core.convert`, ``keep_float="decoder"``): TFLite's NMS has no integer kernel, and
   8-bit box decoding cost 0.2 AP (AP75 0.52 -> 0.11) on the quick start's model. The file
   takes ``uint8`` pixels ``[1, H, W, 3]`` (camera bytes, resized): its ``serve`` function casts
   them to float32 and the first op quantises them to int8. :func:`tflite_op_summary` lists which
@@ -28,29 +28,16 @@ Formats (``model_<format>.tflite``):
 from __future__ import annotations
 
 import collections
-import json
 import os
-import tempfile
-import time
 from collections.abc import Iterable, Sequence
 
-import keras
 import numpy as np
 import tensorflow as tf
 
 from kft.eval.detection import evaluate_detector
-from kft.export.tflite import (
-    WARMUP_RUNS,
-    _check_formats,
-    _float32_compute,
-    _interpreter_class,
-    _single_images,
-    keras_weights_mb,
-    quantize_input,
-)
+from kft.export import core
 
 DETECTION_KEYS = ("boxes", "scores", "labels", "num_detections")
-MAX_KERAS_LATENCY_IMAGES = 50
 
 
 def export_detector(model, out_dir: str | os.PathLike, representative: Iterable,
@@ -69,76 +56,12 @@ def export_detector(model, out_dir: str | os.PathLike, representative: Iterable,
     Returns:
         ``{format: path}``.
     """
-    formats = _check_formats(formats)
+    formats = core.check_formats(formats)
     image_shape = tuple(int(d) for d in model.input_shape[1:])
     if len(image_shape) != 3 or image_shape[-1] != 3:
         raise ValueError(f"expected a model with image input [B, H, W, 3], got {image_shape}")
-    calibration = None
-    if "int8" in formats:
-        calibration = [image.numpy() for image in _single_images(representative,
-                                                                   num_calibration)]
-        if not calibration:
-            raise ValueError("int8 export needs a non-empty representative dataset")
-        if calibration[0].shape[1:] != image_shape:
-            raise ValueError(f"representative images {calibration[0].shape[1:]} do not match "
-                             f"the model input {image_shape}")
-    os.makedirs(out_dir, exist_ok=True)
-    paths = {}
-    with tempfile.TemporaryDirectory(prefix="kft_detector_") as tmp:
-        saved_model_dir = os.path.join(tmp, "float_input")
-        if set(formats) - {"int8"}:  # float files take float32 pixels
-            _write_detector_saved_model(model, saved_model_dir, image_shape)
-        for fmt in formats:
-            if fmt == "int8":
-                uint8_dir = os.path.join(tmp, "uint8_input")
-                _write_detector_saved_model(model, uint8_dir, image_shape, tf.uint8)
-                content = _int8_with_float_decoder(
-                    uint8_dir, [np.clip(np.round(c), 0, 255).astype(np.uint8)
-                                for c in calibration])
-            else:
-                converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
-                if fmt == "float16":
-                    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-                    converter.target_spec.supported_types = [tf.float16]
-                content = converter.convert()
-            path = os.path.join(os.fspath(out_dir), f"model_{fmt}.tflite")
-            with open(path, "wb") as f:
-                f.write(content)
-            paths[fmt] = path
-    return paths
-
-
-def _int8_with_float_decoder(saved_model_dir: str, calibration: list) -> bytes:
-    """Full-integer network, float32 post-processing (selective quantisation).
-
-    Every tensor of the decoder (names under its ``decoder`` scope, read from a float
-    conversion of the same graph) is denylisted in ``tf.lite.experimental.
-    QuantizationDebugger``; everything else is quantised to int8 with ranges calibrated on
-    ``calibration``. Quantising the decoder too would give box coordinates 8-bit steps of
-    several pixels (its ranges are set by the widest decoded background boxes).
-    """
-    float_model = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir).convert()
-    interpreter = _interpreter_class()(model_content=float_model)
-    decoder = sorted({t["name"] for t in interpreter.get_tensor_details()
-                      if "decoder" in t["name"]})
-    if not decoder:
-        raise ValueError("int8 export: no decoder tensors found to keep in float32")
-    converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = lambda: ([c] for c in calibration)
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
-                                           tf.lite.OpsSet.TFLITE_BUILTINS]
-    debugger = tf.lite.experimental.QuantizationDebugger(
-        converter=converter, debug_dataset=lambda: ([c] for c in calibration[:1]),
-        debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=decoder))
-    return debugger.get_nondebug_quantized_model()
-
-
-def _write_detector_saved_model(model, directory: str, image_shape: tuple,
-                                input_dtype=tf.float32) -> None:
-    """A SavedModel with one ``serve`` endpoint ``images [1, H, W, 3] input_dtype -> dict``."""
-    archive = keras.export.ExportArchive()
-    archive.track(model)
+    calibration = (core.calibration_images(representative, num_calibration, image_shape,
+                                           warn=False) if "int8" in formats else ())
 
     def serve(images):
         det = model.detect(tf.cast(images, tf.float32))
@@ -147,10 +70,9 @@ def _write_detector_saved_model(model, directory: str, image_shape: tuple,
                 "labels": tf.cast(det["labels"], tf.int32),
                 "num_detections": tf.cast(det["num_detections"], tf.int32)}
 
-    spec = tf.TensorSpec((1, *image_shape), input_dtype, name="images")
-    with _float32_compute(model):
-        archive.add_endpoint("serve", serve, input_signature=[spec])
-        archive.write_out(directory, verbose=False)
+    # int8: the file takes uint8 camera bytes (serve casts them); the decoder stays float32
+    return core.export_formats(model, out_dir, image_shape, formats, serve, calibration,
+                               int8_input=tf.uint8, keep_float="decoder")
 
 
 class TFLiteDetector:
@@ -162,55 +84,34 @@ class TFLiteDetector:
     """
 
     def __init__(self, path: str | os.PathLike, num_threads: int | None = None):
-        self.path = os.fspath(path)
-        self.interpreter = _interpreter_class()(model_path=self.path, num_threads=num_threads)
-        signatures = self.interpreter.get_signature_list()
-        if len(signatures) != 1:
-            raise ValueError(f"{self.path}: expected one signature, got {list(signatures)}")
-        self.runner = self.interpreter.get_signature_runner(next(iter(signatures)))
-        inputs = self.runner.get_input_details()
-        if len(inputs) != 1:
-            raise ValueError(f"{self.path}: expected one image input, got {list(inputs)}")
-        self.input_name, self.input = next(iter(inputs.items()))
-        outputs = set(self.runner.get_output_details())
+        self.timed = core.TimedInterpreter(path, num_threads)
+        self.path = self.timed.path
+        if self.timed.runner is None:
+            raise ValueError(f"{self.path}: expected one signature (a kft detector export)")
+        outputs = set(self.timed.outputs)
         if not set(DETECTION_KEYS) <= outputs:
             raise ValueError(f"{self.path}: outputs {sorted(outputs)} lack "
                              f"{sorted(set(DETECTION_KEYS) - outputs)}")
-        self.image_shape = tuple(int(d) for d in self.input["shape"][1:])
-        self.timings: list[float] = []
-        self.warmed_up = False
+        self.input = self.timed.input
+        self.image_shape = self.timed.image_shape
 
     def detect(self, images) -> dict:
-        images = np.asarray(images, np.float32)
-        if images.ndim != 4 or images.shape[1:] != self.image_shape:
-            raise ValueError(f"images of shape {images.shape} do not fit the TFLite input "
-                             f"[B, {', '.join(map(str, self.image_shape))}] of {self.path}")
-        if not self.warmed_up:
-            for _ in range(WARMUP_RUNS):
-                self._invoke(images[:1])
-            self.warmed_up = True
-        rows = []
-        for i in range(len(images)):
-            start = time.perf_counter()
-            rows.append(self._invoke(images[i:i + 1]))
-            self.timings.append(time.perf_counter() - start)
-        return {k: np.concatenate([r[k] for r in rows], axis=0) for k in DETECTION_KEYS}
-
-    def _invoke(self, image: np.ndarray) -> dict:
-        out = self.runner(**{self.input_name: quantize_input(image, self.input)})
-        return {"boxes": out["boxes"].astype(np.float32).reshape(1, -1, 4),
-                "scores": out["scores"].astype(np.float32).reshape(1, -1),
-                "labels": out["labels"].astype(np.int32).reshape(1, -1),
-                "num_detections": out["num_detections"].astype(np.int32).reshape(1)}
+        rows = self.timed.run_batch(images)
+        shapes = {"boxes": (1, -1, 4), "scores": (1, -1), "labels": (1, -1),
+                  "num_detections": (1,)}
+        dtypes = {"labels": np.int32, "num_detections": np.int32}
+        return {k: np.concatenate([np.asarray(r[k]).astype(dtypes.get(k, np.float32))
+                                   .reshape(shapes[k]) for r in rows], axis=0)
+                for k in DETECTION_KEYS}
 
     def mean_latency_ms(self) -> float:
-        return float(np.mean(self.timings) * 1000.0) if self.timings else float("nan")
+        return self.timed.mean_latency_ms()
 
 
 def tflite_op_summary(path: str | os.PathLike) -> dict[str, dict[str, int]]:
     """``{op name: {input dtype of its first input: count}}`` of a ``.tflite`` file, e.g.
     ``{"CONV_2D": {"int8": 52}, "NON_MAX_SUPPRESSION_V5": {"float32": 1}}``."""
-    interpreter = _interpreter_class()(model_path=os.fspath(path))
+    interpreter = core.interpreter_class()(model_path=os.fspath(path))
     interpreter.allocate_tensors()
     dtypes = {t["index"]: np.dtype(t["dtype"]).name for t in interpreter.get_tensor_details()}
     summary: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
@@ -227,22 +128,13 @@ def evaluate_tflite_detector(path: str | os.PathLike, split, batches, voc: bool 
     runner = TFLiteDetector(path, num_threads)
     metrics = evaluate_detector(runner.detect, split, batches, voc=voc)
     metrics["latency_ms"] = runner.mean_latency_ms()
-    metrics["size_mb"] = os.path.getsize(path) / 2**20
+    metrics["size_mb"] = core.file_mb(path)
     return metrics
 
 
-def keras_detector_latency_ms(model, batches, max_images: int = MAX_KERAS_LATENCY_IMAGES):
+def keras_detector_latency_ms(model, batches, max_images: int = core.MAX_KERAS_LATENCY_IMAGES):
     """Mean ms of one traced batch-1 ``model.detect`` call (after warm-up)."""
-    images = list(_single_images(batches, max_images))
-    if not images:
-        raise ValueError("keras_detector_latency_ms got an empty dataset")
-    forward = tf.function(model.detect)
-    for _ in range(WARMUP_RUNS):
-        forward(images[0])["boxes"].numpy()
-    start = time.perf_counter()
-    for image in images:
-        forward(image)["boxes"].numpy()
-    return (time.perf_counter() - start) * 1000.0 / len(images)
+    return core.keras_latency_ms(model.detect, batches, max_images)
 
 
 _REPORT_KEYS = ("bbox_AP", "bbox_AP50", "bbox_AP75", "voc07_mAP", "num_images", "latency_ms",
@@ -266,7 +158,7 @@ def export_detector_and_report(model, out_dir: str | os.PathLike, representative
     keras_metrics = dict(keras_metrics) if keras_metrics is not None else evaluate_detector(
         model.predict_on_batch, val_split, val_batches, voc=voc)
     keras_metrics["latency_ms"] = keras_detector_latency_ms(model, val_batches)
-    keras_metrics["size_mb"] = keras_weights_mb(model)
+    keras_metrics["size_mb"] = core.keras_weights_mb(model)
     report = {"keras": _pick(keras_metrics)}
     for fmt, path in paths.items():
         entry = _pick(evaluate_tflite_detector(path, val_split, val_batches, voc=voc))
@@ -277,9 +169,7 @@ def export_detector_and_report(model, out_dir: str | os.PathLike, representative
         report[fmt] = entry
     if "int8" in paths:
         report["int8_ops"] = tflite_op_summary(paths["int8"])
-    with open(os.path.join(os.fspath(out_dir), "report.json"), "w") as f:
-        json.dump(report, f, indent=2)
-    return report
+    return core.write_report(out_dir, report)
 
 
 def _pick(metrics: dict) -> dict:

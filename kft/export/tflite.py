@@ -1,19 +1,8 @@
 """TFLite export of an image classifier (float32 / float16 / int8) and its evaluation.
 
-Conversion route (works for functional models and for ``keras.Model`` subclasses, including
-ones wrapping keras-hub backbones, in TF 2.21 + Keras 3):
-
-1. ``keras.export.ExportArchive`` tracks the model and gets one ``serve`` endpoint
-   ``images float32 [1, H, W, 3] (0..255) -> logits float32 [1, C]`` called with
-   ``training=False``; the archive is written as a TF SavedModel in a temporary folder.
-2. ``tf.lite.TFLiteConverter.from_saved_model`` converts that SavedModel once per format.
-
-(``from_concrete_functions`` on a ``tf.function`` around a Keras 3 model is NOT used: it leaves
-the Keras variables as uninitialised resource variables and the model outputs NaN.) The batch
-size is fixed to 1, the usual on-device shape, so every tensor shape in the file is static.
-A model built under a mixed-precision policy (``mixed_float16`` / ``mixed_bfloat16``) is traced
-with float32 compute (its variables are float32 already; TFLite builtins have no float16
-kernels) and its policies are restored afterwards.
+A thin layer over :mod:`kft.export.core` (SavedModel, conversion, timed interpreter): the serve
+function is ``images float32 [1, H, W, 3] (0..255) -> logits float32 [1, C]`` called with
+``training=False``.
 
 Formats (files ``model_<format>.tflite`` in ``out_dir``):
 
@@ -30,32 +19,28 @@ Formats (files ``model_<format>.tflite`` in ``out_dir``):
   final DEQUANTIZE maps its int8 values affinely to float, so top-1 / top-k are exactly those
   of the int8 logits while callers need no output scale / zero point.
 
-Evaluation uses the LiteRT interpreter (``ai_edge_litert.interpreter.Interpreter``; falls back
-to the deprecated ``tf.lite.Interpreter`` when ``ai-edge-litert`` is not installed). Inputs and
-outputs are (de)quantised with each tensor's own scale / zero point, so any of the three files
-(or another classifier ``.tflite`` with one image input) can be evaluated. Sizes are in MiB
-(``bytes / 2**20``).
+Any classifier ``.tflite`` with one image input and one logits output can be evaluated
+(:class:`TFLiteClassifier`). Sizes are in MiB (``bytes / 2**20``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import tempfile
-import time
-import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from kft.eval.classification import evaluate_classifier
-
-FORMATS = ("float32", "float16", "int8")
-WARMUP_RUNS = 3
-MAX_KERAS_LATENCY_IMAGES = 50
+from kft.export import core
+from kft.export.core import (  # noqa: F401 - part of this module's API
+    FORMATS,
+    MAX_KERAS_LATENCY_IMAGES,
+    dequantize_output,
+    keras_weights_mb,
+    quantize_input,
+)
 
 
 def export_tflite(
@@ -80,20 +65,15 @@ def export_tflite(
     Returns:
         ``{format: path of model_<format>.tflite}`` in the order of ``formats``.
     """
-    formats = _check_formats(formats)
+    formats = core.check_formats(formats)
     image_shape = _image_shape(model, representative)
-    os.makedirs(out_dir, exist_ok=True)
-    paths = {}
-    with tempfile.TemporaryDirectory(prefix="kft_savedmodel_") as saved_model_dir:
-        _write_saved_model(model, saved_model_dir, image_shape)
-        for fmt in formats:
-            converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
-            _configure(converter, fmt, representative, num_calibration)
-            path = os.path.join(os.fspath(out_dir), f"model_{fmt}.tflite")
-            with open(path, "wb") as f:
-                f.write(converter.convert())
-            paths[fmt] = path
-    return paths
+    calibration = (core.calibration_images(representative, num_calibration)
+                   if "int8" in formats else ())
+
+    def serve(images):
+        return tf.cast(model(images, training=False), tf.float32)
+
+    return core.export_formats(model, out_dir, image_shape, formats, serve, calibration)
 
 
 def evaluate_tflite_classifier(
@@ -116,10 +96,10 @@ def evaluate_tflite_classifier(
         time of one set-input / invoke / get-output at batch 1, after ``WARMUP_RUNS``
         untimed runs) and ``size_mb`` (file size, MiB).
     """
-    runner = _TFLiteRunner(os.fspath(path), num_threads)
+    runner = TFLiteClassifier(path, num_threads)
     metrics = evaluate_classifier(runner.predict, dataset, class_names)
     metrics["latency_ms"] = runner.mean_latency_ms()
-    metrics["size_mb"] = os.path.getsize(path) / 2**20
+    metrics["size_mb"] = core.file_mb(path)
     return metrics
 
 
@@ -130,13 +110,18 @@ def export_and_report(
     val_dataset: tf.data.Dataset,
     class_names: Sequence[str],
     formats: Sequence[str] = FORMATS,
+    num_calibration: int = 100,
+    keras_metrics: dict | None = None,
 ) -> dict:
     """Exports ``formats`` and writes ``out_dir/report.json`` comparing them with Keras.
 
     Args:
-        model, out_dir, representative, formats: as in :func:`export_tflite`.
+        model, out_dir, representative, formats, num_calibration: as in :func:`export_tflite`.
         val_dataset: ``(images float32 [B, H, W, 3], one-hot [B, C])`` batches to score on.
         class_names: the ``C`` class names.
+        keras_metrics: the model's :func:`evaluate_classifier` metrics on ``val_dataset`` when
+            the caller has them already (a run's final evaluation), so they are not computed
+            twice.
 
     Returns:
         ``{"keras": {accuracy, top5_accuracy, macro_f1, latency_ms, size_mb, num_examples},
@@ -145,8 +130,9 @@ def export_and_report(
         i.e. params * 4 bytes for float32), ``keras.latency_ms`` the mean batch-1 time of a
         traced ``model(x, training=False)`` over up to 50 images after warm-up.
     """
-    paths = export_tflite(model, out_dir, representative, formats)
-    keras_metrics = evaluate_classifier(_keras_predict_fn(model), val_dataset, class_names)
+    paths = export_tflite(model, out_dir, representative, formats, num_calibration)
+    if keras_metrics is None:
+        keras_metrics = evaluate_classifier(_keras_predict_fn(model), val_dataset, class_names)
     report = {"keras": _summary(keras_metrics)}
     report["keras"]["latency_ms"] = keras_latency_ms(model, val_dataset)
     report["keras"]["size_mb"] = keras_weights_mb(model)
@@ -155,9 +141,7 @@ def export_and_report(
         entry["path"] = os.path.basename(path)
         entry["accuracy_drop_vs_keras"] = report["keras"]["accuracy"] - entry["accuracy"]
         report[fmt] = entry
-    with open(os.path.join(os.fspath(out_dir), "report.json"), "w") as f:
-        json.dump(report, f, indent=2)
-    return report
+    return core.write_report(out_dir, report)
 
 
 def keras_latency_ms(model: keras.Model, dataset: Iterable,
@@ -169,185 +153,29 @@ def keras_latency_ms(model: keras.Model, dataset: Iterable,
         dataset: batches of float32 images ``[B, H, W, 3]`` (or ``(images, labels)``).
         max_images: how many images are timed.
     """
-    images = list(_single_images(dataset, max_images))
-    if not images:
-        raise ValueError("keras_latency_ms got an empty dataset")
-    forward = tf.function(lambda x: model(x, training=False))
-    for _ in range(WARMUP_RUNS):
-        forward(images[0]).numpy()
-    start = time.perf_counter()
-    for image in images:
-        forward(image).numpy()
-    return (time.perf_counter() - start) * 1000.0 / len(images)
+    return core.keras_latency_ms(lambda x: model(x, training=False), dataset, max_images)
 
 
-def keras_weights_mb(model: keras.Model) -> float:
-    """Size of all weights (trainable and not) in MiB, counted in their storage dtype."""
-    total = sum(int(np.prod(w.shape)) * np.dtype(w.dtype).itemsize for w in model.weights)
-    return total / 2**20
+class TFLiteClassifier:
+    """A classifier ``.tflite`` (one image input, one logits output) run one image at a time:
+    ``predict(images float32 [B, H, W, 3]) -> float32 [B, C]`` logits, every invocation timed
+    (:class:`kft.export.core.TimedInterpreter`)."""
 
-
-class _TFLiteRunner:
-    """Batch-1 interpreter wrapper that (de)quantises and times every invocation."""
-
-    def __init__(self, path: str, num_threads: int | None):
-        self.interpreter = _interpreter_class()(model_path=path, num_threads=num_threads)
-        inputs = self.interpreter.get_input_details()
-        outputs = self.interpreter.get_output_details()
-        if len(inputs) != 1 or len(outputs) != 1:
-            raise ValueError(f"{path}: expected one input and one output, got "
-                             f"{len(inputs)} / {len(outputs)}")
-        shape = [int(d) for d in inputs[0]["shape"]]
-        if len(shape) != 4 or shape[-1] != 3:
-            raise ValueError(f"{path}: expected an image input [1, H, W, 3], got {shape}")
-        if shape[0] != 1:
-            self.interpreter.resize_tensor_input(inputs[0]["index"], [1, *shape[1:]])
-        self.interpreter.allocate_tensors()
-        self.input = self.interpreter.get_input_details()[0]
-        self.output = self.interpreter.get_output_details()[0]
-        self.timings: list[float] = []
-        self.warmed_up = False
+    def __init__(self, path: str | os.PathLike, num_threads: int | None = None):
+        self.timed = core.TimedInterpreter(path, num_threads)
+        if len(self.timed.outputs) != 1:
+            raise ValueError(f"{self.timed.path}: expected one output, got "
+                             f"{len(self.timed.outputs)}")
+        self.interpreter = self.timed.interpreter
+        self.input = self.timed.input
+        self.output_name, self.output = next(iter(self.timed.outputs.items()))
 
     def predict(self, images) -> np.ndarray:
-        """``float32 [B, H, W, 3]`` -> ``float32 [B, C]`` logits, one invocation per image."""
-        images = np.asarray(images, dtype=np.float32)
-        expected = tuple(int(d) for d in self.input["shape"][1:])
-        if images.ndim != 4 or images.shape[1:] != expected:
-            raise ValueError(f"images of shape {images.shape} do not fit the TFLite input "
-                             f"[B, {', '.join(map(str, expected))}]")
-        if not self.warmed_up:
-            for _ in range(WARMUP_RUNS):
-                self._invoke(images[:1])
-            self.warmed_up = True
-        logits = []
-        for i in range(len(images)):
-            start = time.perf_counter()
-            logits.append(self._invoke(images[i:i + 1]))
-            self.timings.append(time.perf_counter() - start)
-        return np.concatenate(logits, axis=0)
-
-    def _invoke(self, image: np.ndarray) -> np.ndarray:
-        """One ``[1, H, W, 3]`` image -> ``float32 [1, C]`` logits."""
-        self.interpreter.set_tensor(self.input["index"], quantize_input(image, self.input))
-        self.interpreter.invoke()
-        raw = self.interpreter.get_tensor(self.output["index"])
-        return dequantize_output(raw, self.output).reshape(1, -1)
+        rows = self.timed.run_batch(images)
+        return np.concatenate([r[self.output_name].reshape(1, -1) for r in rows], axis=0)
 
     def mean_latency_ms(self) -> float:
-        """Mean timed invocation in milliseconds."""
-        return float(np.mean(self.timings) * 1000.0) if self.timings else float("nan")
-
-
-def quantize_input(x: np.ndarray, detail: dict) -> np.ndarray:
-    """Float pixels -> the dtype of an interpreter input (``get_input_details()`` entry).
-
-    Integer inputs with a scale use ``q = round(x / scale) + zero_point`` clipped to the dtype
-    range; integer inputs without one get ``round(x)`` clipped; float inputs a plain cast.
-    """
-    dtype = np.dtype(detail["dtype"])
-    if not np.issubdtype(dtype, np.integer):
-        return x.astype(dtype)
-    scale, zero_point = detail["quantization"]
-    q = np.round(x / scale) + zero_point if scale > 0 else np.round(x)
-    info = np.iinfo(dtype)
-    return np.clip(q, info.min, info.max).astype(dtype)
-
-
-def dequantize_output(q: np.ndarray, detail: dict) -> np.ndarray:
-    """Raw interpreter output -> float32, ``(q - zero_point) * scale`` when quantised."""
-    scale, zero_point = detail["quantization"]
-    if np.issubdtype(np.dtype(detail["dtype"]), np.integer) and scale > 0:
-        return ((q.astype(np.float32) - zero_point) * scale).astype(np.float32)
-    return q.astype(np.float32)
-
-
-def _interpreter_class():
-    """LiteRT's ``Interpreter``; ``tf.lite.Interpreter`` when ai-edge-litert is missing."""
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:
-        return tf.lite.Interpreter
-    return Interpreter
-
-
-def _write_saved_model(model: keras.Model, directory: str, image_shape: tuple) -> None:
-    """Writes a SavedModel whose ``serve`` maps ``float32 [1, H, W, 3]`` to float32 logits.
-
-    The graph is traced with every mixed-precision layer switched to float32 compute (see
-    :func:`_float32_compute`), since TFLite builtins have no float16 kernels.
-    """
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-
-    def serve(images):
-        return tf.cast(model(images, training=False), tf.float32)
-
-    spec = tf.TensorSpec((1, *image_shape), tf.float32, name="images")
-    with _float32_compute(model):
-        archive.add_endpoint("serve", serve, input_signature=[spec])
-        archive.write_out(directory, verbose=False)
-
-
-@contextlib.contextmanager
-def _float32_compute(model: keras.Model):
-    """Temporarily gives float32 compute to layers with a mixed (float16 / bfloat16) policy.
-
-    Mixed-precision variables are already float32, so only the compute dtype changes; the
-    original policies are restored on exit.
-    """
-    switched = []
-    for layer in model._flatten_layers(include_self=True, recursive=True):
-        policy = layer.dtype_policy
-        if (policy.quantization_mode is None and policy.variable_dtype == "float32"
-                and policy.compute_dtype != "float32"):
-            switched.append((layer, policy))
-            layer.dtype_policy = "float32"
-    try:
-        yield
-    finally:
-        for layer, policy in switched:
-            layer.dtype_policy = policy
-
-
-def _configure(converter, fmt: str, representative: tf.data.Dataset, num_calibration: int):
-    """Sets the converter options of one format (see the module docstring)."""
-    if fmt == "float16":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.target_spec.supported_types = [tf.float16]
-    elif fmt == "int8":
-        calibration = [image.numpy() for image in _single_images(representative, num_calibration)]
-        if not calibration:
-            raise ValueError("int8 export needs a non-empty representative dataset")
-        _warn_if_narrow_range(calibration)
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = lambda: ([image] for image in calibration)
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.uint8
-        converter.inference_output_type = tf.float32
-
-
-def _warn_if_narrow_range(images: list[np.ndarray]) -> None:
-    """Warns when calibration pixels do not span 0..255 (the uint8 input would clip)."""
-    low = min(float(image.min()) for image in images)
-    high = max(float(image.max()) for image in images)
-    if low > 8.0 or high < 247.0:
-        warnings.warn(
-            f"int8 calibration images span pixel values {low:.0f}..{high:.0f}, not 0..255: the "
-            "uint8 input is quantised to that range and pixels outside it are clipped",
-            stacklevel=3)
-
-
-def _single_images(dataset: Iterable, limit: int) -> Iterator[tf.Tensor]:
-    """Yields up to ``limit`` float32 ``[1, H, W, 3]`` images from image (or tuple) batches."""
-    count = 0
-    for batch in dataset:
-        images = batch[0] if isinstance(batch, (tuple, list)) else batch
-        images = tf.convert_to_tensor(images, tf.float32)
-        for i in range(int(images.shape[0])):
-            if count >= limit:
-                return
-            yield images[i:i + 1]
-            count += 1
+        return self.timed.mean_latency_ms()
 
 
 def _image_shape(model: keras.Model, representative: tf.data.Dataset) -> tuple[int, int, int]:
@@ -356,7 +184,7 @@ def _image_shape(model: keras.Model, representative: tf.data.Dataset) -> tuple[i
     spec = spec[0] if isinstance(spec, (tuple, list)) else spec
     shape = tuple(spec.shape[1:]) if spec.shape.rank == 4 else (None,)
     if None in shape:
-        first = next(iter(_single_images(representative, 1)), None)
+        first = next(iter(core.single_images(representative, 1)), None)
         if first is None:
             raise ValueError("cannot infer the input size: empty representative dataset")
         shape = tuple(first.shape[1:])
@@ -379,15 +207,6 @@ def _model_image_shape(model: keras.Model) -> tuple:
     if not inputs or len(inputs[0].shape) != 4:
         return (None, None, None)
     return tuple(inputs[0].shape[1:])
-
-
-def _check_formats(formats: Sequence[str]) -> tuple[str, ...]:
-    """Validates the requested formats (no duplicates, known names)."""
-    formats = (formats,) if isinstance(formats, str) else tuple(formats)
-    unknown = [fmt for fmt in formats if fmt not in FORMATS]
-    if unknown or not formats or len(set(formats)) != len(formats):
-        raise ValueError(f"formats must be distinct values of {FORMATS}, got {formats}")
-    return formats
 
 
 def _keras_predict_fn(model: keras.Model):

@@ -10,10 +10,9 @@ import pytest
 import tensorflow as tf
 from keras import layers
 
+from kft.export.core import float32_compute, interpreter_class
 from kft.export.tflite import (
-    _float32_compute,
-    _interpreter_class,
-    _TFLiteRunner,
+    TFLiteClassifier,
     dequantize_output,
     evaluate_tflite_classifier,
     export_and_report,
@@ -82,13 +81,13 @@ def test_files_and_report_json(exported):
 def test_float32_matches_keras(exported):
     x = exported["x_val"][:6]
     expected = exported["model"].predict(x, verbose=0)
-    runner = _TFLiteRunner(str(exported["out_dir"] / "model_float32.tflite"), num_threads=1)
+    runner = TFLiteClassifier(str(exported["out_dir"] / "model_float32.tflite"), num_threads=1)
     np.testing.assert_allclose(runner.predict(x), expected, atol=1e-4)
     assert list(runner.input["shape"]) == [1, 32, 32, 3]
 
 
 def test_float16_stores_float16_weights(exported):
-    interpreter = _interpreter_class()(
+    interpreter = interpreter_class()(
         model_path=str(exported["out_dir"] / "model_float16.tflite"))
     dtypes = {np.dtype(t["dtype"]) for t in interpreter.get_tensor_details()}
     assert np.dtype(np.float16) in dtypes
@@ -97,7 +96,7 @@ def test_float16_stores_float16_weights(exported):
 
 
 def test_int8_is_uint8_in_float_out_and_keeps_accuracy(exported):
-    runner = _TFLiteRunner(str(exported["out_dir"] / "model_int8.tflite"), num_threads=1)
+    runner = TFLiteClassifier(str(exported["out_dir"] / "model_int8.tflite"), num_threads=1)
     assert np.dtype(runner.input["dtype"]) == np.uint8
     scale, zero_point = runner.input["quantization"]
     assert scale == pytest.approx(1.0, abs=0.05) and zero_point == 0  # calibrated on 0..255
@@ -175,13 +174,13 @@ def test_subclassed_keras_hub_resnet_converts_to_float32(tmp_path):
     representative = tf.data.Dataset.from_tensor_slices(images).batch(2)
     paths = export_tflite(model, tmp_path, representative, formats=("float32",))
     assert paths == {"float32": str(tmp_path / "model_float32.tflite")}
-    runner = _TFLiteRunner(paths["float32"], num_threads=1)
+    runner = TFLiteClassifier(paths["float32"], num_threads=1)
     logits = runner.predict(images)
     assert np.all(np.isfinite(logits))
     np.testing.assert_allclose(logits, expected, atol=1e-4 * max(1.0, np.abs(expected).max()))
 
 
-def test_mixed_precision_resnet_classifier_exports_with_float32_compute(tmp_path):
+def test_mixed_precision_resnet_classifier_exports_withfloat32_compute(tmp_path):
     from kft.models.classifier import ResNetClassifier
 
     keras.config.set_dtype_policy("mixed_float16")  # the autouse fixture restores float32
@@ -193,10 +192,10 @@ def test_mixed_precision_resnet_classifier_exports_with_float32_compute(tmp_path
     representative = tf.data.Dataset.from_tensor_slices(images).batch(2)
     paths = export_tflite(model, tmp_path, representative, formats=("float32", "int8"))
     assert [layer.dtype_policy.name for layer in model._flatten_layers()] == policies
-    with _float32_compute(model):
+    with float32_compute(model):
         expected = model(images, training=False).numpy()
     assert [layer.dtype_policy.name for layer in model._flatten_layers()] == policies
-    float32 = _TFLiteRunner(paths["float32"], num_threads=1).predict(images)
+    float32 = TFLiteClassifier(paths["float32"], num_threads=1).predict(images)
     np.testing.assert_allclose(float32, expected, atol=1e-4 * max(1.0, np.abs(expected).max()))
-    int8 = _TFLiteRunner(paths["int8"], num_threads=1).predict(images)
+    int8 = TFLiteClassifier(paths["int8"], num_threads=1).predict(images)
     np.testing.assert_allclose(int8, expected, atol=0.1 * np.abs(expected).max())

@@ -106,7 +106,7 @@ class _Detections(keras.layers.Layer):
 def test_tflite_round_trip(max_per_class):
     import tensorflow as tf
 
-    from kft.export.tflite import _interpreter_class
+    from kft.export.core import interpreter_class
 
     boxes, scores = _random_inputs(3, batch=1, num_boxes=30)
     box_input, score_input = keras.Input((30, 4), batch_size=1), keras.Input((30, 3), batch_size=1)
@@ -122,7 +122,7 @@ def test_tflite_round_trip(max_per_class):
         converter = tf.lite.TFLiteConverter.from_saved_model(directory)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
         flatbuffer = converter.convert()
-    interpreter = _interpreter_class()(model_content=flatbuffer)
+    interpreter = interpreter_class()(model_content=flatbuffer)
     op_names = {op["op_name"] for op in interpreter._get_ops_details()}
     assert "NON_MAX_SUPPRESSION_V5" in op_names
     runner = interpreter.get_signature_runner(next(iter(interpreter.get_signature_list())))

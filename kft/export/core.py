@@ -1,0 +1,363 @@
+"""The export core every kft model shares: a SavedModel from a serve function, one conversion
+per TFLite format, and a timed batch-1 interpreter runner.
+
+Route (TF 2.21 + Keras 3; works for functional models and ``keras.Model`` subclasses, including
+ones wrapping keras-hub backbones):
+
+1. ``keras.export.ExportArchive`` tracks the model and gets one ``serve`` endpoint (a function
+   of one image tensor ``[1, H, W, 3]``) traced with ``training=False`` semantics; the archive is
+   written as a TF SavedModel into a temporary folder (:func:`write_saved_model`). A model built
+   under a mixed-precision policy is traced with float32 compute (:func:`float32_compute`):
+   its variables are float32 already, and TFLite builtins have no float16 kernels.
+2. ``tf.lite.TFLiteConverter.from_saved_model`` converts that SavedModel once per format
+   (:func:`convert`).
+
+(``from_concrete_functions`` on a ``tf.function`` around a Keras 3 model is not used: it leaves
+the Keras variables as uninitialised resource variables and the model outputs NaN.) The batch
+is fixed to 1, the usual on-device shape, so every tensor shape in a file is static.
+
+Formats:
+
+* ``float32``: plain conversion.
+* ``float16``: float16 weights, float32 compute and input/output.
+* ``int8``: full-integer post-training quantisation calibrated on single images. Two variants,
+  chosen by :func:`convert`'s ``keep_float``:
+
+  - ``keep_float=None`` (classifiers): ``TFLITE_BUILTINS_INT8`` only, so the conversion fails
+    instead of silently keeping float ops; the input becomes ``uint8`` (scale / zero point
+    from the calibration range) and the output float32 through a final DEQUANTIZE.
+  - ``keep_float="decoder"`` (detectors): every op is int8 except the tensors whose names hold
+    that scope, which stay float32 by selective quantisation (``QuantizationDebugger``
+    denylist): TFLite's NMS has no integer kernel, and 8-bit box decoding costs AP. The
+    SavedModel for this variant takes ``uint8`` pixels itself (its serve function casts them).
+
+:class:`TimedInterpreter` runs any such file one image at a time with (de)quantisation from the
+tensors' own scale / zero point and times every invocation after ``WARMUP_RUNS`` untimed ones.
+It uses the LiteRT interpreter (``ai_edge_litert``), or ``tf.lite.Interpreter`` when LiteRT is
+not installed. Sizes are MiB (``bytes / 2**20``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+FORMATS = ("float32", "float16", "int8")
+WARMUP_RUNS = 3
+MAX_KERAS_LATENCY_IMAGES = 50
+
+
+def check_formats(formats: Sequence[str]) -> tuple[str, ...]:
+    """The requested formats as a tuple; distinct names of :data:`FORMATS` or a ValueError."""
+    formats = (formats,) if isinstance(formats, str) else tuple(formats)
+    unknown = [fmt for fmt in formats if fmt not in FORMATS]
+    if unknown or not formats or len(set(formats)) != len(formats):
+        raise ValueError(f"formats must be distinct values of {FORMATS}, got {formats}")
+    return formats
+
+
+def interpreter_class():
+    """LiteRT's ``Interpreter``; ``tf.lite.Interpreter`` when ai-edge-litert is missing."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        return tf.lite.Interpreter
+    return Interpreter
+
+
+@contextlib.contextmanager
+def float32_compute(model: keras.Model):
+    """Temporarily gives float32 compute to layers with a mixed (float16 / bfloat16) policy.
+
+    Mixed-precision variables are already float32, so only the compute dtype changes; the
+    original policies are restored on exit.
+    """
+    switched = []
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        policy = layer.dtype_policy
+        if (policy.quantization_mode is None and policy.variable_dtype == "float32"
+                and policy.compute_dtype != "float32"):
+            switched.append((layer, policy))
+            layer.dtype_policy = "float32"
+    try:
+        yield
+    finally:
+        for layer, policy in switched:
+            layer.dtype_policy = policy
+
+
+def single_images(dataset: Iterable, limit: int) -> Iterator[tf.Tensor]:
+    """Yields up to ``limit`` float32 ``[1, H, W, 3]`` images from image (or tuple) batches."""
+    count = 0
+    for batch in dataset:
+        images = batch[0] if isinstance(batch, (tuple, list)) else batch
+        images = tf.convert_to_tensor(images, tf.float32)
+        for i in range(int(images.shape[0])):
+            if count >= limit:
+                return
+            yield images[i:i + 1]
+            count += 1
+
+
+def calibration_images(representative: Iterable, limit: int, image_shape: tuple | None = None,
+                       warn: bool = True) -> list[np.ndarray]:
+    """Up to ``limit`` single float32 images of ``representative`` for int8 calibration; a
+    ValueError when there are none or they do not have ``image_shape`` ``(H, W, 3)``; with
+    ``warn``, a warning when they do not span 0..255 (:func:`warn_if_narrow_range`)."""
+    images = [image.numpy() for image in single_images(representative, limit)]
+    if not images:
+        raise ValueError("int8 export needs a non-empty representative dataset")
+    if image_shape is not None and tuple(images[0].shape[1:]) != tuple(image_shape):
+        raise ValueError(f"representative images {images[0].shape[1:]} do not match the model "
+                         f"input {tuple(image_shape)}")
+    if warn:
+        warn_if_narrow_range(images)
+    return images
+
+
+def warn_if_narrow_range(images: list[np.ndarray]) -> None:
+    """Warns when calibration pixels do not span 0..255 (the uint8 input would clip)."""
+    low = min(float(image.min()) for image in images)
+    high = max(float(image.max()) for image in images)
+    if low > 8.0 or high < 247.0:
+        warnings.warn(
+            f"int8 calibration images span pixel values {low:.0f}..{high:.0f}, not 0..255: the "
+            "uint8 input is quantised to that range and pixels outside it are clipped",
+            stacklevel=3)
+
+
+def write_saved_model(model: keras.Model, directory: str, serve: Callable,
+                      image_shape: tuple, input_dtype=tf.float32) -> None:
+    """Writes a SavedModel with one ``serve`` endpoint ``images [1, H, W, 3] input_dtype ->
+    serve(images)``, traced with float32 compute (:func:`float32_compute`)."""
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    spec = tf.TensorSpec((1, *image_shape), input_dtype, name="images")
+    with float32_compute(model):
+        archive.add_endpoint("serve", serve, input_signature=[spec])
+        archive.write_out(directory, verbose=False)
+
+
+def convert(saved_model_dir: str, fmt: str, calibration: Sequence[np.ndarray] = (),
+            keep_float: str | None = None) -> bytes:
+    """One TFLite flatbuffer of ``fmt`` from a SavedModel (see the module docstring).
+
+    ``calibration``: single images ``[1, H, W, 3]`` in the SavedModel's input dtype (int8 only).
+    ``keep_float``: int8 only; a tensor-name scope kept in float32 (selective quantisation).
+    """
+    converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
+    if fmt == "float32":
+        return converter.convert()
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if fmt == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+        return converter.convert()
+    if fmt != "int8":
+        raise ValueError(f"unknown format {fmt!r}: one of {FORMATS}")
+    calibration = list(calibration)
+    if not calibration:
+        raise ValueError("int8 export needs calibration images")
+    converter.representative_dataset = lambda: ([image] for image in calibration)
+    if keep_float is None:
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.uint8
+        converter.inference_output_type = tf.float32
+        return converter.convert()
+    float_model = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir).convert()
+    kept = sorted({t["name"] for t in interpreter_class()(model_content=float_model)
+                   .get_tensor_details() if keep_float in t["name"]})
+    if not kept:
+        raise ValueError(f"int8 export: no {keep_float!r} tensors found to keep in float32")
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
+                                           tf.lite.OpsSet.TFLITE_BUILTINS]
+    debugger = tf.lite.experimental.QuantizationDebugger(
+        converter=converter, debug_dataset=lambda: ([c] for c in calibration[:1]),
+        debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=kept))
+    return debugger.get_nondebug_quantized_model()
+
+
+def export_formats(model: keras.Model, out_dir: str | os.PathLike, image_shape: tuple,
+                   formats: Sequence[str], serve: Callable,
+                   calibration: Sequence[np.ndarray] = (), int8_input=tf.float32,
+                   keep_float: str | None = None) -> dict[str, str]:
+    """Writes ``out_dir/model_<format>.tflite`` for every format; returns ``{format: path}``.
+
+    ``serve(images)`` is traced once per input dtype: float32 for the float formats,
+    ``int8_input`` for int8 (``tf.uint8``: the serve function receives camera bytes and casts
+    them; the calibration images are then rounded to uint8). ``calibration``, ``keep_float``:
+    as in :func:`convert`.
+    """
+    formats = check_formats(formats)
+    os.makedirs(out_dir, exist_ok=True)
+    paths = {}
+    with tempfile.TemporaryDirectory(prefix="kft_savedmodel_") as tmp:
+        saved = {}
+
+        def saved_model(dtype) -> str:
+            if dtype not in saved:
+                saved[dtype] = os.path.join(tmp, tf.as_dtype(dtype).name)
+                write_saved_model(model, saved[dtype], serve, image_shape, dtype)
+            return saved[dtype]
+
+        for fmt in formats:
+            if fmt == "int8":
+                images = list(calibration)
+                if tf.as_dtype(int8_input) == tf.uint8:
+                    images = [np.clip(np.round(c), 0, 255).astype(np.uint8) for c in images]
+                content = convert(saved_model(int8_input), fmt, images, keep_float)
+            else:
+                content = convert(saved_model(tf.float32), fmt)
+            paths[fmt] = os.path.join(os.fspath(out_dir), f"model_{fmt}.tflite")
+            with open(paths[fmt], "wb") as f:
+                f.write(content)
+    return paths
+
+
+def quantize_input(x: np.ndarray, detail: dict) -> np.ndarray:
+    """Float pixels -> the dtype of an interpreter input (``get_input_details()`` entry).
+
+    Integer inputs with a scale use ``q = round(x / scale) + zero_point`` clipped to the dtype
+    range; integer inputs without one get ``round(x)`` clipped; float inputs a plain cast.
+    """
+    dtype = np.dtype(detail["dtype"])
+    if not np.issubdtype(dtype, np.integer):
+        return x.astype(dtype)
+    scale, zero_point = detail["quantization"]
+    q = np.round(x / scale) + zero_point if scale > 0 else np.round(x)
+    info = np.iinfo(dtype)
+    return np.clip(q, info.min, info.max).astype(dtype)
+
+
+def dequantize_output(q: np.ndarray, detail: dict) -> np.ndarray:
+    """Raw interpreter output -> float32, ``(q - zero_point) * scale`` when quantised."""
+    scale, zero_point = detail["quantization"]
+    if np.issubdtype(np.dtype(detail["dtype"]), np.integer) and scale > 0:
+        return ((q.astype(np.float32) - zero_point) * scale).astype(np.float32)
+    return q.astype(np.float32)
+
+
+class TimedInterpreter:
+    """A ``.tflite`` file with one image input ``[1, H, W, 3]``, run one image at a time.
+
+    ``run(image)`` returns ``{output name: float32 array}`` (quantised outputs dequantised;
+    integer outputs without a scale, e.g. labels, keep their dtype). Names are the signature's
+    output names when the file has exactly one signature (kft's exports), else ``"output_<i>"``
+    in output order. ``run_batch(images)`` times each image after ``WARMUP_RUNS`` untimed
+    runs; ``mean_latency_ms()`` averages those timings.
+    """
+
+    def __init__(self, path: str | os.PathLike, num_threads: int | None = None):
+        self.path = os.fspath(path)
+        self.interpreter = interpreter_class()(model_path=self.path, num_threads=num_threads)
+        signatures = self.interpreter.get_signature_list()
+        self.runner = None
+        if len(signatures) == 1:
+            self.runner = self.interpreter.get_signature_runner(next(iter(signatures)))
+            inputs = self.runner.get_input_details()
+            if len(inputs) != 1:
+                raise ValueError(f"{self.path}: expected one image input, got {list(inputs)}")
+            self.input_name, self.input = next(iter(inputs.items()))
+            self.outputs = dict(self.runner.get_output_details())
+        else:
+            inputs = self.interpreter.get_input_details()
+            if len(inputs) != 1:
+                raise ValueError(f"{self.path}: expected one image input, got {len(inputs)}")
+            if int(inputs[0]["shape"][0]) != 1:
+                self.interpreter.resize_tensor_input(inputs[0]["index"],
+                                                     [1, *inputs[0]["shape"][1:]])
+            self.interpreter.allocate_tensors()
+            self.input = self.interpreter.get_input_details()[0]
+            self.outputs = {f"output_{i}": d for i, d in
+                            enumerate(self.interpreter.get_output_details())}
+        shape = [int(d) for d in self.input["shape"]]
+        if len(shape) != 4 or shape[-1] != 3:
+            raise ValueError(f"{self.path}: expected an image input [1, H, W, 3], got {shape}")
+        self.image_shape = tuple(shape[1:])
+        self.timings: list[float] = []
+        self.warmed_up = False
+
+    def run(self, image: np.ndarray) -> dict[str, np.ndarray]:
+        """One float32 ``[1, H, W, 3]`` image -> ``{output name: array}`` (untimed)."""
+        x = quantize_input(np.asarray(image, np.float32), self.input)
+        if self.runner is not None:
+            raw = self.runner(**{self.input_name: x})
+        else:
+            self.interpreter.set_tensor(self.input["index"], x)
+            self.interpreter.invoke()
+            raw = {name: self.interpreter.get_tensor(d["index"])
+                   for name, d in self.outputs.items()}
+        return {name: _dequantized(raw[name], self.outputs[name]) for name in self.outputs}
+
+    def run_batch(self, images) -> list[dict[str, np.ndarray]]:
+        """``float32 [B, H, W, 3]`` -> one output dict per image, each invocation timed."""
+        images = np.asarray(images, dtype=np.float32)
+        if images.ndim != 4 or images.shape[1:] != self.image_shape:
+            raise ValueError(f"images of shape {images.shape} do not fit the TFLite input "
+                             f"[B, {', '.join(map(str, self.image_shape))}] of {self.path}")
+        if not self.warmed_up:
+            for _ in range(WARMUP_RUNS):
+                self.run(images[:1])
+            self.warmed_up = True
+        rows = []
+        for i in range(len(images)):
+            start = time.perf_counter()
+            rows.append(self.run(images[i:i + 1]))
+            self.timings.append(time.perf_counter() - start)
+        return rows
+
+    def mean_latency_ms(self) -> float:
+        """Mean timed invocation in milliseconds (NaN before any)."""
+        return float(np.mean(self.timings) * 1000.0) if self.timings else float("nan")
+
+
+def _dequantized(raw: np.ndarray, detail: dict) -> np.ndarray:
+    if np.issubdtype(np.dtype(detail["dtype"]), np.integer) and not detail["quantization"][0]:
+        return np.asarray(raw)  # plain integers (labels, counts)
+    return dequantize_output(raw, detail)
+
+
+def keras_latency_ms(fn: Callable, dataset: Iterable,
+                     max_images: int = MAX_KERAS_LATENCY_IMAGES) -> float:
+    """Mean ms of one batch-1 call of the traced ``fn(images)`` over up to ``max_images``
+    images of ``dataset`` (after ``WARMUP_RUNS`` untimed calls); ``fn`` returns a tensor or a
+    dict of tensors, all of which are fetched."""
+    images = list(single_images(dataset, max_images))
+    if not images:
+        raise ValueError("keras latency: empty dataset")
+    forward = tf.function(fn)
+
+    def call(image):
+        return [np.asarray(t) for t in tf.nest.flatten(forward(image))]
+
+    for _ in range(WARMUP_RUNS):
+        call(images[0])
+    start = time.perf_counter()
+    for image in images:
+        call(image)
+    return (time.perf_counter() - start) * 1000.0 / len(images)
+
+
+def keras_weights_mb(model: keras.Model) -> float:
+    """Size of all weights (trainable and not) in MiB, counted in their storage dtype."""
+    total = sum(int(np.prod(w.shape)) * np.dtype(w.dtype).itemsize for w in model.weights)
+    return total / 2**20
+
+
+def file_mb(path: str | os.PathLike) -> float:
+    return os.path.getsize(path) / 2**20
+
+
+def write_report(out_dir: str | os.PathLike, report: dict) -> dict:
+    """Writes ``out_dir/report.json`` (the export's comparison with Keras); returns it."""
+    with open(os.path.join(os.fspath(out_dir), "report.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    return report
