@@ -58,8 +58,23 @@ class Data:
 
 
 @dataclass
+class SSDSettings:
+    """``model.ssd.*``: what only SSD / SSDLite read (default boxes, matching, mining)."""
+
+    sizes: tuple[float, ...] = ()  # L + 1 default-box sizes (fractions); () = arch default
+    # per level, the extra aspect ratios, e.g. ((2,), (2, 3), ...); () = arch default
+    aspect_ratios: tuple[tuple[float, ...], ...] = ()
+    # per-level strides in pixels for the default-box centres (the paper's Caffe
+    # (8, 16, 32, 64, 100, 300) for SSD300); () = image size / feature-map size
+    steps: tuple[int, ...] = ()
+    iou_threshold: float = 0.5  # matching: a default box on an object from this IoU
+    neg_pos_ratio: float = 3.0  # hard negative mining: negatives per positive
+
+
+@dataclass
 class Model:
-    """Which network, which weights, which head."""
+    """Which network, which weights, which head; a detector family's own keys are in its
+    section (``model.ssd.*``)."""
 
     arch: str = "resnet50"  # resnet18/34/50/101/152, or resnet_tiny (tests, quick starts)
     preset: str = ""  # keras-hub preset name or local preset folder for the backbone
@@ -71,16 +86,11 @@ class Model:
     dropout: float = 0.5
     se_stages: tuple[str, ...] = ()  # M6: squeeze-excitation after these stages, e.g. ("layer3",)
     se_reduction: int = 16
-    # Detection: a keras.applications-style ImageNet weights file for the SSD backbone.
+    # Detection: a keras.applications-style ImageNet weights file for the detector backbone.
     backbone_weights: str = ""
-    default_box_sizes: tuple[float, ...] = ()  # SSD: L + 1 sizes (fractions); () = arch default
-    # SSD: per level, the extra aspect ratios, e.g. ((2,), (2, 3), ...); () = arch default
-    default_box_aspect_ratios: tuple[tuple[float, ...], ...] = ()
-    # SSD: per-level strides in pixels for the default-box centres (the paper's Caffe
-    # (8, 16, 32, 64, 100, 300) for SSD300); () = image size / feature-map size
-    default_box_steps: tuple[int, ...] = ()
     width_multiplier: float = 1.0  # SSDLite: MobileNet alpha (0.35, 0.5, 0.75, 1.0, ...)
     bn_momentum: float = 0.0  # > 0: set every BatchNormalization's momentum (from-scratch runs)
+    ssd: SSDSettings = field(default_factory=SSDSettings)
 
 
 @dataclass
@@ -125,8 +135,6 @@ class Train:
     box_loss: str = "smooth_l1"  # smooth_l1 | giou
     cls_weight: float = 1.0
     loc_weight: float = 1.0
-    neg_pos_ratio: float = 3.0
-    iou_threshold: float = 0.5  # matching
     jit_compile: bool = False
 
 
@@ -203,6 +211,26 @@ def _raising_line(path: Path, error: BaseException) -> str:
     return where
 
 
+# Keys that moved into a model family's section: still accepted (--set, config.json of older
+# runs) with a note naming the new key.
+RENAMED_KEYS = {
+    "model.default_box_sizes": "model.ssd.sizes",
+    "model.default_box_aspect_ratios": "model.ssd.aspect_ratios",
+    "model.default_box_steps": "model.ssd.steps",
+    "train.iou_threshold": "model.ssd.iou_threshold",
+    "train.neg_pos_ratio": "model.ssd.neg_pos_ratio",
+}
+
+
+def renamed(key: str) -> str:
+    """``key``, or the key it was renamed to (printing a note once per call)."""
+    new = RENAMED_KEYS.get(key)
+    if new is None:
+        return key
+    print(f"[kft] note: {key} is now {new}; the old name still works")
+    return new
+
+
 def unknown_key_message(full_key: str) -> str:
     """One line: the unknown key, the closest valid keys (did you mean) and its section's keys."""
     keys = valid_keys()
@@ -252,6 +280,7 @@ def apply_overrides(recipe: Recipe, overrides: list[str] | tuple[str, ...]) -> R
 
 
 def set_value(recipe: Recipe, key: str, raw: str) -> Recipe:
+    key = renamed(key)
     parts = key.split(".")
     return _set(recipe, parts, raw, key)
 
@@ -350,7 +379,23 @@ def from_dict(data: dict) -> Recipe:
             kwargs[f.name] = v
         return cls(**kwargs)
 
-    return build(Recipe, data)
+    return build(Recipe, _moved_to_sections(data))
+
+
+def _moved_to_sections(data: dict) -> dict:
+    """A config.json written before a key moved (:data:`RENAMED_KEYS`), with it moved."""
+    data = json.loads(json.dumps(data))  # a deep copy
+    for old, new in RENAMED_KEYS.items():
+        section, name = old.split(".")
+        if name not in data.get(section, {}):
+            continue
+        value = data[section].pop(name)
+        node = data
+        *path, last = new.split(".")
+        for part in path:
+            node = node.setdefault(part, {})
+        node.setdefault(last, value)
+    return data
 
 
 def save_json(recipe: Recipe, path: str | Path) -> None:

@@ -38,13 +38,11 @@ def run_recipe(recipe: cfg.Recipe, output: str | Path | None = None, resume: boo
         check_resume(recipe, run_dir)
     created = _first_missing(run_dir)
     try:
-        if recipe.task == "classification":
-            from kft.train.classify import run_classification
+        from kft.tasks import task_named
+        from kft.train.runs import run_task
 
-            return run_classification(recipe, run_dir, resume=resume, verbose=verbose)
-        from kft.train.detect import run_detection
-
-        return run_detection(recipe, run_dir, resume=resume, verbose=verbose)
+        return run_task(task_named(recipe.task), recipe, run_dir, resume=resume,
+                        verbose=verbose)
     except USER_ERRORS:
         if created is not None and not _training_started(run_dir):
             shutil.rmtree(created, ignore_errors=True)  # failed before training: no half run

@@ -48,13 +48,13 @@ SCHEDULES = ("constant", "cosine_restarts", "warmup_multistep", "step")  # build
 PRECISIONS = ("", "float32", "float16", "bfloat16")  # kft.train.runs.set_precision
 WEIGHT_DECAY_MODES = ("decoupled", "coupled")  # kft.config.Train.weight_decay_mode
 EXPORT_FORMATS = ("float32", "float16", "int8")  # kft.export.tflite.FORMATS
-DETECTION_FORMATS = ("voc", "coco", "cityscapes")  # kft.train.detect.read_split
+DETECTION_FORMATS = ("voc", "coco", "cityscapes")  # kft.tasks.detection.read_split
 RESIZE_MODES = ("fixed", "keep_aspect")  # kft.data.detection_pipeline.RESIZE_MODES
-DETECTION_AUGMENTS = ("none", "ssd", "default", "")  # kft.train.detect._augment ("" = none)
+DETECTION_AUGMENTS = ("none", "ssd", "default", "")  # kft.tasks.detection._augment ("" = none)
 CLS_LOSSES = ("ce", "focal")  # kft.losses.ssd_multibox_loss
 BOX_LOSSES = ("smooth_l1", "giou")
 HEADS = ("linear", "mlp")  # kft.models.heads.classification.classification_head
-GENERATORS = ("", "shapes")  # kft.train.classify.prepare_data, kft.train.detect.generate_shapes
+GENERATORS = ("", "shapes")  # kft.tasks.classification.prepare_data, kft.tasks.detection.generate_shapes
 # What train.monitor can watch: the metrics a task logs per epoch (history.csv).
 CLASSIFICATION_METRICS = ("loss", "accuracy", "top5_accuracy", "macro_f1")  # compile_model
 DETECTION_LOG_KEYS = ("bbox_AP", "bbox_AP50", "bbox_AP75")  # kft.eval.detection.LOG_KEYS
@@ -232,9 +232,9 @@ RULES: dict[str, Any] = {
     "model.head_units": AT_LEAST_1,
     "model.dropout": FRACTION_OPEN,
     "model.se_reduction": AT_LEAST_1,
-    "model.default_box_sizes": Each(POSITIVE),
-    "model.default_box_aspect_ratios": Each(POSITIVE),
-    "model.default_box_steps": Each(POSITIVE),
+    "model.ssd.sizes": Each(POSITIVE),
+    "model.ssd.aspect_ratios": Each(POSITIVE),
+    "model.ssd.steps": Each(POSITIVE),
     "model.width_multiplier": POSITIVE,
     "model.bn_momentum": FRACTION_OPEN,  # 0 = keep the layers' own
     # train
@@ -269,8 +269,8 @@ RULES: dict[str, Any] = {
     "train.box_loss": OneOf(BOX_LOSSES),
     "train.cls_weight": NON_NEGATIVE,
     "train.loc_weight": NON_NEGATIVE,
-    "train.neg_pos_ratio": POSITIVE,
-    "train.iou_threshold": Range(0, 1, lo_open=True),
+    "model.ssd.neg_pos_ratio": POSITIVE,
+    "model.ssd.iou_threshold": Range(0, 1, lo_open=True),
     # eval
     "eval.batch_size": AT_LEAST_1,
     "eval.every": NON_NEGATIVE,  # 0: no evaluation during training
@@ -282,8 +282,8 @@ RULES: dict[str, Any] = {
     "export.representative_samples": AT_LEAST_1,
 }
 
-# Keys that only one task reads (kft/train/classify.py, kft/train/detect.py); every other key
-# is read by both. A key added to kft.config belongs in one of these or in SHARED_KEYS
+# Keys that only one task reads (kft/tasks/classification.py, kft/tasks/detection.py); every
+# other key is read by both. A key added to kft.config belongs in one of these or in SHARED_KEYS
 # (tests/test_validate.py checks that every key is placed).
 TASK_ONLY: dict[str, frozenset[str]] = {
     "classification": frozenset({
@@ -295,10 +295,10 @@ TASK_ONLY: dict[str, frozenset[str]] = {
     "detection": frozenset({
         "data.generate_num_train", "data.generate_num_val", "data.format", "data.val_root",
         "data.class_names", "data.resize", "data.max_instances", "data.detection_augment",
-        "model.backbone_weights", "model.default_box_sizes", "model.default_box_aspect_ratios",
-        "model.default_box_steps", "model.width_multiplier", "model.bn_momentum",
+        "model.backbone_weights", "model.width_multiplier", "model.bn_momentum",
+        "model.ssd.sizes", "model.ssd.aspect_ratios", "model.ssd.steps",
+        "model.ssd.iou_threshold", "model.ssd.neg_pos_ratio",
         "train.cls_loss", "train.box_loss", "train.cls_weight", "train.loc_weight",
-        "train.neg_pos_ratio", "train.iou_threshold",
         "eval.every", "eval.score_threshold", "eval.nms_iou_threshold", "eval.max_detections",
     }),
 }

@@ -16,7 +16,7 @@ Exports float32 and full-integer INT8 TFLite models after training (export/repor
 their VOC07-test AP with the Keras model).
 """
 
-from kft.config import Data, Eval, Export, Model, Recipe, Train
+from kft.config import Data, Eval, Export, Model, Recipe, SSDSettings, Train
 from kft.ops.anchors import SSD512_STEPS
 
 RECIPE = Recipe(
@@ -26,11 +26,11 @@ RECIPE = Recipe(
     data=Data(root="", format="voc", image_size=512, resize="fixed", train_split="trainval",
               val_split="test", max_instances=64, detection_augment="ssd"),
     # the paper's VOC default boxes (Caffe SSD512 sizes) and strides
-    model=Model(arch="ssd512_vgg16", default_box_steps=SSD512_STEPS),
+    model=Model(arch="ssd512_vgg16", ssd=SSDSettings(steps=SSD512_STEPS, neg_pos_ratio=3.0)),
     train=Train(
         epochs=232, batch_size=32, optimizer="sgd", learning_rate=1e-3, momentum=0.9,
         weight_decay=5e-4, weight_decay_mode="coupled", schedule="warmup_multistep", warmup_steps=500,
-        warmup_factor=0.001, milestones=(155, 193), gamma=0.1, neg_pos_ratio=3.0,
+        warmup_factor=0.001, milestones=(155, 193), gamma=0.1,
         cls_loss="ce", box_loss="smooth_l1", early_stopping_patience=0),
     eval=Eval(batch_size=8, every=10),
     export=Export(quantize=("float32", "int8"), representative_samples=200),

@@ -16,7 +16,7 @@ Validation (COCO AP every 10 epochs, VOC07 11-point mAP at the end) runs on data
 and compares their AP with the Keras model (export/report.json).
 """
 
-from kft.config import Data, Eval, Export, Model, Recipe, Train
+from kft.config import Data, Eval, Export, Model, Recipe, SSDSettings, Train
 from kft.ops.anchors import SSD300_STEPS, SSD300_VOC_SIZES
 
 RECIPE = Recipe(
@@ -26,12 +26,12 @@ RECIPE = Recipe(
     data=Data(root="", format="voc", image_size=300, resize="fixed", train_split="trainval",
               val_split="test", max_instances=64, detection_augment="ssd"),
     # the paper's VOC default boxes: scales 0.1, 0.2 ... 1.05 and Caffe's strides
-    model=Model(arch="ssd300_vgg16", default_box_sizes=SSD300_VOC_SIZES,
-                default_box_steps=SSD300_STEPS),
+    model=Model(arch="ssd300_vgg16",
+                ssd=SSDSettings(sizes=SSD300_VOC_SIZES, steps=SSD300_STEPS, neg_pos_ratio=3.0)),
     train=Train(
         epochs=232, batch_size=32, optimizer="sgd", learning_rate=1e-3, momentum=0.9,
         weight_decay=5e-4, weight_decay_mode="coupled", schedule="warmup_multistep", warmup_steps=500,
-        warmup_factor=0.001, milestones=(155, 193), gamma=0.1, neg_pos_ratio=3.0,
+        warmup_factor=0.001, milestones=(155, 193), gamma=0.1,
         cls_loss="ce", box_loss="smooth_l1", early_stopping_patience=0),
     eval=Eval(batch_size=16, every=10),
     export=Export(quantize=("float32", "int8"), representative_samples=200),

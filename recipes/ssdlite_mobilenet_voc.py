@@ -22,7 +22,7 @@ int8 hard-swish; benchmarks/ssd.py): time it on the target phone, or use
 "imagenet", include_top=False)`` downloads into ~/.keras/models.
 """
 
-from kft.config import Data, Eval, Export, Model, Recipe, Train
+from kft.config import Data, Eval, Export, Model, Recipe, SSDSettings, Train
 
 RECIPE = Recipe(
     name="ssdlite_mobilenet_voc",
@@ -30,11 +30,11 @@ RECIPE = Recipe(
     description="SSDLite320-MobileNetV3-Large, VOC07+12 trainval, INT8 TFLite",
     data=Data(root="", format="voc", image_size=320, resize="fixed", train_split="trainval",
               val_split="test", max_instances=64, detection_augment="ssd"),
-    model=Model(arch="ssdlite_mobilenet_v3"),
+    model=Model(arch="ssdlite_mobilenet_v3", ssd=SSDSettings(neg_pos_ratio=3.0)),
     train=Train(
         epochs=200, batch_size=32, optimizer="sgd", learning_rate=0.025, momentum=0.9,
         weight_decay=4e-5, schedule="cosine_restarts", restart_epochs=200, restart_mult=1.0,
-        min_lr=0.0, warmup_steps=1000, neg_pos_ratio=3.0, cls_loss="ce",
+        min_lr=0.0, warmup_steps=1000, cls_loss="ce",
         box_loss="smooth_l1", early_stopping_patience=0),
     eval=Eval(batch_size=16, every=10),
     export=Export(quantize=("float32", "int8"), representative_samples=200),

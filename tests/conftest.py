@@ -58,9 +58,14 @@ class KftProcess:
         import time
 
         process = self.start(args)
-        deadline = time.time() + 300
-        while time.time() < deadline and not (state.is_file() and
-                                              json.loads(state.read_text())["epoch"] >= epoch):
+        deadline = time.time() + 600
+        while not (state.is_file() and json.loads(state.read_text())["epoch"] >= epoch):
+            if process.poll() is not None:  # ended (failed, or finished) before that epoch
+                raise AssertionError(f"the run ended (status {process.returncode}) before "
+                                     f"committing epoch {epoch}:\n{process.stdout.read()}")
+            if time.time() > deadline:
+                process.kill()
+                raise AssertionError(f"epoch {epoch} not committed within 600 s")
             time.sleep(0.05)
         time.sleep(settle)
         process.send_signal(signal.SIGKILL)

@@ -265,15 +265,15 @@ def test_eval_on_data_with_another_class_count(finished_run, tmp_path):
 @pytest.mark.parametrize("trained", [False, True])
 def test_a_failed_run_keeps_its_directory_only_once_training_began(tmp_path, monkeypatch,
                                                                    trained):
-    import kft.train.classify
+    import kft.train.runs
 
-    def failing_run(recipe, run_dir, resume=False, verbose=1):
+    def failing_run(task, recipe, run_dir, resume=False, verbose=1):
         (run_dir / "checkpoints").mkdir(parents=True)
         if trained:
             (run_dir / "history.csv").write_text("epoch,loss\n")
         raise ValueError("bad input found late")
 
-    monkeypatch.setattr(kft.train.classify, "run_classification", failing_run)
+    monkeypatch.setattr(kft.train.runs, "run_task", failing_run)
     recipe = cfg.Recipe(name="x", data=cfg.Data(root=str(tmp_path)))
     out = tmp_path / "new" / "run"
     with pytest.raises(ValueError, match="late"):

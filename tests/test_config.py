@@ -116,3 +116,38 @@ def test_syntax_error_in_a_base_recipe_names_that_file(tmp_path, monkeypatch):
     p.write_text("import base_r\n")
     with pytest.raises(cfg.ConfigError, match=r"base_r.py:1: syntax error"):
         cfg.load_recipe(p)
+
+
+def test_ssd_keys_live_in_their_section_and_old_names_still_work(capsys):
+    from kft import config as cfg
+
+    r = cfg.apply_overrides(cfg.Recipe(task="detection"),
+                            ["model.ssd.steps=8,16,32", "model.default_box_sizes=0.1,0.2,0.3",
+                             "train.neg_pos_ratio=2"])
+    assert r.model.ssd.steps == (8, 16, 32) and r.model.ssd.sizes == (0.1, 0.2, 0.3)
+    assert r.model.ssd.neg_pos_ratio == 2.0
+    out = capsys.readouterr().out
+    assert "model.default_box_sizes is now model.ssd.sizes" in out
+    assert "train.neg_pos_ratio is now model.ssd.neg_pos_ratio" in out
+    assert "model.ssd.aspect_ratios" in cfg.valid_keys()
+    assert "model.default_box_steps" not in cfg.valid_keys()
+    # a config.json written before the keys moved reads with them moved
+    old = cfg.to_dict(cfg.Recipe(task="detection"))
+    del old["model"]["ssd"]
+    old["model"]["default_box_steps"] = [8, 16]
+    old["model"]["default_box_aspect_ratios"] = [[2], [2, 3]]
+    old["train"]["iou_threshold"] = 0.4
+    loaded = cfg.from_dict(old)
+    assert loaded.model.ssd.steps == (8, 16)
+    assert loaded.model.ssd.aspect_ratios == ((2,), (2, 3))
+    assert loaded.model.ssd.iou_threshold == 0.4
+    assert cfg.from_dict(cfg.to_dict(r)) == r
+
+
+def test_ssd_section_is_refused_on_a_classification_recipe():
+    from kft import config as cfg
+    from kft.validate import validate_recipe
+
+    r = cfg.apply_overrides(cfg.Recipe(data=cfg.Data(root="x")), ["model.ssd.steps=8,16"])
+    with pytest.raises(cfg.ConfigError, match="model.ssd.steps"):
+        validate_recipe(r, set_keys=["model.ssd.steps"])

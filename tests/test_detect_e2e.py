@@ -120,7 +120,7 @@ def test_cli_eval_export_predict_on_a_detection_run(finished_run, shapes, tmp_pa
 def test_cli_eval_of_a_detector_file_without_format_fails_clearly(shapes, tmp_path):
     recipe = _recipe(shapes / "VOC", "voc", "train", "val", **{"train.epochs": 1})
     model_path = tmp_path / "m.keras"
-    from kft.train.detect import build_detector
+    from kft.tasks.detection import build_detector
 
     build_detector(recipe.model, recipe.train, recipe.eval, 5, 128).save(model_path)
     result = CliRunner().invoke(kft_main, ["eval", str(model_path), "--data",

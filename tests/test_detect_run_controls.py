@@ -47,7 +47,7 @@ def _recipe(root, **overrides):
 
 
 def test_a_broken_evaluation_fails_before_training(shapes, tmp_path, monkeypatch):
-    import kft.train.detect as detect
+    import kft.tasks.detection as detect
 
     def broken(*args, **kwargs):
         raise RuntimeError("eval is broken")

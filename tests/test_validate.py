@@ -251,7 +251,7 @@ def test_every_choice_is_accepted_by_its_consumer_and_others_are_not():
     import keras
 
     from kft.models.heads.classification import classification_head
-    from kft.train.detect import _augment
+    from kft.tasks.detection import _augment
     from kft.train.runs import set_precision
     from kft.train.schedules import build_schedule
 

@@ -18,8 +18,8 @@ Formats (``model_<format>.tflite``):
   depthwise convolution, add and the head run on int8 tensors with int8 weights, calibrated on
   ``num_calibration`` images of ``representative`` (the training pipeline without
   augmentation). The post-processing (softmax, box decoding, NMS) stays float32 by selective
-  quantisation (:func:`kft.export.core.convert`, ``keep_float="decoder"``): TFLite's NMS has no integer kernel, and
-  8-bit box decoding cost 0.2 AP (AP75 0.52 -> 0.11) on the quick start's model. The file
+  quantisation (:func:`kft.export.core.convert`, ``keep_float="decoder"``): TFLite's NMS has
+  no integer kernel, and 8-bit box decoding cost 0.2 AP (AP75 0.52 -> 0.11) on the quick start's model. The file
   takes ``uint8`` pixels ``[1, H, W, 3]`` (camera bytes, resized): its ``serve`` function casts
   them to float32 and the first op quantises them to int8. :func:`tflite_op_summary` lists which
   ops run on which types; the tests check that no convolution stays float.

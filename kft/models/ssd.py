@@ -15,6 +15,7 @@ import numpy as np
 from keras import layers, ops
 
 from kft.losses import ssd_multibox_loss
+from kft.models.detector import Detector
 from kft.models.heads.ssd import SSDHead
 from kft.ops.anchors import (
     SSD300_ASPECT_RATIOS,
@@ -81,8 +82,14 @@ class SSDDecoder(layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="kft")
-class SSD(keras.Model):
-    """SSD / SSDLite detector.
+class SSD(Detector):
+    """SSD / SSDLite detector (a :class:`~kft.models.detector.Detector`).
+
+    Parts, each with a documented default: the ``backbone`` (passed in), the ``head``
+    (``"conv"``, ``"depthwise"`` or an :class:`~kft.models.heads.ssd.SSDHead` instance), the
+    default boxes (``sizes`` / ``aspect_ratios`` / ``steps``, :func:`~kft.ops.anchors.
+    ssd_default_boxes`) and the decoder (:class:`SSDDecoder` with ``score_threshold`` /
+    ``nms_iou_threshold`` / ``max_detections``).
 
     Args:
         backbone: a ``keras.Model`` returning a dict of feature maps whose ``level_names``
@@ -94,7 +101,8 @@ class SSD(keras.Model):
         aspect_ratios: ``L`` tuples of extra aspect ratios per level.
         steps: ``L`` strides in pixels placing the default-box centres (the paper's Caffe
             ``(8, 16, 32, 64, 100, 300)`` for SSD300); None: image size / feature size.
-        head: ``"conv"`` (SSD) or ``"depthwise"`` (SSDLite).
+        head: ``"conv"`` (SSD), ``"depthwise"`` (SSDLite), or an ``SSDHead`` built for
+            ``num_classes`` and these aspect ratios' boxes per location.
         iou_threshold: matching threshold (0.5); ``neg_pos_ratio``: hard negatives per positive.
         cls_loss / box_loss: ``"ce"`` or ``"focal"``; ``"smooth_l1"`` or ``"giou"``.
         cls_weight / loc_weight: loss weights (the guide's 1.5 / 1.0).
@@ -113,8 +121,17 @@ class SSD(keras.Model):
         aspect_ratios = tuple(tuple(float(r) for r in level) for level in aspect_ratios)
         # === Layers ===
         self.backbone = backbone
-        self.ssd_head = SSDHead(num_classes, num_boxes_per_location(aspect_ratios), kind=head,
-                                name="ssd_head")
+        per_location = num_boxes_per_location(aspect_ratios)
+        if isinstance(head, SSDHead):
+            if (head.num_classes != int(num_classes)
+                    or head.boxes_per_location != list(per_location)):
+                raise ValueError(
+                    f"the SSDHead given predicts {head.num_classes} classes with "
+                    f"{head.boxes_per_location} boxes per location; this SSD needs "
+                    f"{int(num_classes)} and {list(per_location)}")
+            self.ssd_head = head
+        else:
+            self.ssd_head = SSDHead(num_classes, per_location, kind=head, name="ssd_head")
         # === Functional model ===
         h, w = backbone.input_shape[1:3]
         images = keras.Input((h, w, 3), name="images")
@@ -129,7 +146,7 @@ class SSD(keras.Model):
         self.sizes = None if sizes is None else tuple(float(s) for s in sizes)
         self.aspect_ratios = aspect_ratios
         self.steps = None if not steps else tuple(int(v) for v in steps)
-        self.head = head
+        self.head = head if isinstance(head, str) else "custom"
         self.variances = tuple(float(v) for v in variances)
         self.iou_threshold = float(iou_threshold)
         self.neg_pos_ratio = float(neg_pos_ratio)
@@ -221,21 +238,9 @@ class SSD(keras.Model):
 
     # --- inference --------------------------------------------------------------------------
 
-    def detect(self, images):
-        """Detections for float32 images ``[B, H, W, 3]`` (0..255): the decoder's dict."""
-        raw = self(images, training=False)
+    def decode(self, raw):
+        """Raw ``{"cls_logits", "box_deltas"}`` -> detections (:class:`SSDDecoder`)."""
         return self.decoder(raw["cls_logits"], raw["box_deltas"])
-
-    def predict_step(self, data):
-        x = data[0] if isinstance(data, (tuple, list)) else data
-        return self.detect(x)
-
-    def inference_model(self) -> keras.Model:
-        """A functional model ``images -> detections`` (what TFLite export converts)."""
-        images = keras.Input(self.input_shape[1:], name="images")
-        raw = self(images)
-        return keras.Model(images, self.decoder(raw["cls_logits"], raw["box_deltas"]),
-                           name=f"{self.name}_inference")
 
     # --- config -----------------------------------------------------------------------------
 
@@ -246,7 +251,8 @@ class SSD(keras.Model):
             "sizes": None if self.sizes is None else list(self.sizes),
             "aspect_ratios": [list(a) for a in self.aspect_ratios],
             "steps": None if self.steps is None else list(self.steps),
-            "head": self.head,
+            "head": (self.head if self.head != "custom"
+                     else keras.saving.serialize_keras_object(self.ssd_head)),
             "variances": list(self.variances),
             "iou_threshold": self.iou_threshold,
             "neg_pos_ratio": self.neg_pos_ratio,
@@ -266,4 +272,6 @@ class SSD(keras.Model):
     def from_config(cls, config):
         config = dict(config)
         config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
+        if isinstance(config.get("head"), dict):
+            config["head"] = keras.saving.deserialize_keras_object(config["head"])
         return cls(**config)

@@ -1,6 +1,17 @@
-"""Run plumbing shared by every task: precision policy, callbacks, resume, fit, history.
+"""The run skeleton every task shares (:func:`run_task`) and its plumbing: precision policy,
+callbacks, resume, fit, history.
 
-A task runner (``kft.train.classify``, ``kft.train.detect``) builds its data and model, then::
+Run directory (shared/DESIGN.md)::
+
+    config.json        the resolved recipe          history.csv     one row per epoch
+    data_report.json   what the readers skipped     load_report.json  what load_from reused
+    class_names.json   the model's classes          checkpoints/    resumable, atomic
+    model.keras        the final model              metrics.json    final evaluation
+    plots/             curves, confusion / per-class AP, predictions
+    logs/              TensorBoard                  export/         TFLite models + report.json
+
+The task (:mod:`kft.tasks`) reads the data and builds the model, its batches, evaluation and
+export; :func:`run_task` does the rest the same way for every task::
 
     extra = compile_for_training(model, t, steps_per_epoch, loss=..., metrics=...)
     callbacks, es, nan_stop = training_callbacks(t, ckpt_dir, monitor, run_dir,
@@ -19,6 +30,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import time
 from pathlib import Path
 
 import keras
@@ -204,3 +216,85 @@ def read_history(path: Path) -> dict:
                 values.append(math.nan)
         out[k] = values
     return out
+
+
+def run_task(task, recipe: cfg.Recipe, run_dir: str | Path, resume: bool = False,
+             verbose: int = 1) -> dict:
+    """Runs ``recipe`` with ``task`` (:class:`kft.tasks.Task`) end to end into ``run_dir``:
+    data, model, fine-tuning, final evaluation on the untouched val split, plots, export.
+    Returns the summary dict (also printed)."""
+    t0 = time.time()
+    run_dir = Path(run_dir)
+    ckpt_dir = prepare_run_dir(run_dir, resume)
+    cfg.save_json(recipe, run_dir / "config.json")
+    keras.utils.set_random_seed(recipe.train.seed)
+    set_precision(recipe.train.mixed_precision)
+    try:
+        return _run_task(task, recipe, run_dir, ckpt_dir, resume, verbose, t0)
+    finally:
+        keras.config.set_dtype_policy("float32")
+
+
+def _run_task(task, recipe, run_dir, ckpt_dir, resume, verbose, t0):
+    t, e = recipe.train, recipe.eval
+    data = task.read(recipe, run_dir, "train")
+    (run_dir / "data_report.json").write_text(json.dumps(data.report, indent=2))
+    (run_dir / "class_names.json").write_text(json.dumps(data.class_names))
+
+    model = task.build_model(recipe, data)
+    prepare_model(model, recipe.model, run_dir, ckpt_dir)
+    task.before_training(model, data, recipe)
+
+    steps = data.num_train // t.batch_size
+    if steps < 1:
+        raise cfg.ConfigError(f"train.batch_size={t.batch_size} is larger than the training "
+                              f"split ({data.num_train} images)")
+    extra = compile_for_training(model, t, steps, **task.compile_arguments(recipe, data))
+    validation_data, metric_callbacks = task.monitoring(model, data, recipe)
+    monitor = t.monitor or task.default_monitor
+    callbacks, es, nan_stop = training_callbacks(
+        t, ckpt_dir, monitor, run_dir, resume, metric_callbacks=metric_callbacks, extra=extra)
+    initial_epoch = resume_state(model, ckpt_dir, es, resume, t.epochs, metric_callbacks)
+    train_batches = task.train_batches(data, recipe, initial_epoch)
+    fit(model, train_batches, validation_data, t, callbacks, initial_epoch, ckpt_dir, nan_stop,
+        es, verbose, monitor)
+
+    model.save(run_dir / "model.keras")
+    metrics = task.evaluate(model, data, recipe)
+    metrics["split"] = data.val_description
+    metrics["selection_split"] = data.selection_description
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    plots = task.plots(model, data, metrics, run_dir, recipe) if e.plots else {}
+    export_report = None
+    if recipe.export.enabled and recipe.export.quantize:
+        export_report = task.export(model, data, recipe, run_dir / "export",
+                                    recipe.export.quantize,
+                                    recipe.export.representative_samples, keras_metrics=metrics)
+    summary = {
+        "run_dir": str(run_dir), "epochs_run": t.epochs - initial_epoch,
+        "metrics": task.headline_metrics(metrics), "model": str(run_dir / "model.keras"),
+        "plots": {k: str(v) for k, v in plots.items()},
+        "export": {k: str(run_dir / "export" / v["path"]) for k, v in
+                   (export_report or {}).items() if isinstance(v, dict) and v.get("path")},
+        "seconds": round(time.time() - t0, 1), "generated_data": data.generated,
+        "split": metrics["split"], "selection_split": metrics["selection_split"]}
+    print_summary(task, summary, metrics, export_report)
+    return summary
+
+
+def print_summary(task, summary: dict, metrics: dict, export_report: dict | None) -> None:
+    print("\n==== kft run summary ====")
+    if summary["generated_data"]:
+        print("data:      GENERATED by kft (synthetic shapes), not real images")
+    print(f"evaluated: {summary['split']}" + (
+        f"; model selected on {summary['selection_split']}" if summary["selection_split"]
+        else ""))
+    print(f"metrics:   {task.metrics_line(metrics)}")
+    for line in task.export_lines(export_report):
+        print(line)
+    print(f"run dir:   {summary['run_dir']}  ({summary['seconds']} s)")
+    print(f"model:     {summary['model']}")
+    for path in summary["plots"].values():
+        print(f"plot:      {path}")
+    for path in summary["export"].values():
+        print(f"export:    {path}")

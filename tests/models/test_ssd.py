@@ -126,3 +126,34 @@ def test_crowd_objects_are_not_trained_as_positives():
     one = box_loss(iscrowd=np.array([[False, True]]))
     none = box_loss(iscrowd=np.array([[True, True]]))
     assert none == 0.0 and one > 0.0 and one != both
+
+
+def test_ssd_is_a_detector_whose_head_can_be_passed_in(tmp_path):
+    """The Detector base (detect = network + decode, inference_model) and a head part passed
+    in: a custom SSDHead survives keras.saving, a head that does not fit is refused."""
+    from kft.models.detector import DETECTION_KEYS, Detector
+    from kft.models.heads.ssd import SSDHead
+
+    backbone = ssdlite_mobilenet_v2(image_size=96, alpha=0.35)
+    ratios = ((2, 3),) * 6
+    head = SSDHead(3, num_boxes_per_location(ratios), kind="conv", prior_probability=0.2,
+                   name="ssd_head")
+    keras.utils.set_random_seed(1)
+    model = SSD(backbone, 3, aspect_ratios=ratios, head=head)
+    assert isinstance(model, Detector) and model.resize == "fixed"
+    assert model.ssd_head is head and model.input_size == (96, 96)
+    x = np.random.default_rng(1).uniform(0, 255, (2, 96, 96, 3)).astype("float32")
+    det = model.detect(x)
+    assert set(det) == set(DETECTION_KEYS)
+    functional = model.inference_model()
+    np.testing.assert_allclose(functional(x)["scores"], det["scores"], atol=1e-5)
+    # the prior 0.2 (not the default 0.01) is in the class bias: mean foreground score
+    probs = keras.ops.softmax(model(x)["cls_logits"], axis=-1)[..., 1:]
+    assert float(keras.ops.mean(probs)) > 0.1
+    model.save(tmp_path / "custom_head.keras")
+    loaded = keras.saving.load_model(tmp_path / "custom_head.keras")
+    assert loaded.ssd_head.prior_probability == 0.2 and loaded.ssd_head.kind == "conv"
+    np.testing.assert_allclose(loaded(x)["cls_logits"], model(x)["cls_logits"], atol=1e-5)
+    with pytest.raises(ValueError, match="predicts 5 classes"):
+        SSD(ssdlite_mobilenet_v2(image_size=96, alpha=0.35), 3, aspect_ratios=ratios,
+            head=SSDHead(5, num_boxes_per_location(ratios)))

@@ -3,7 +3,7 @@ import numpy as np
 
 from kft.config import Train
 from kft.models.classifier import ResNetClassifier
-from kft.train.classify import compile_model
+from kft.tasks.classification import compile_model
 from kft.train.optimizers import LayerwiseSGD
 
 

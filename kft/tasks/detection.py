@@ -1,18 +1,13 @@
-"""The detection run: readers -> box-aware pipeline -> SSD -> fine-tuning with COCO evaluation.
-
-Same run directory and controls as classification (``kft/train/runs.py``): config.json,
-history.csv (with ``val_bbox_AP``/``val_bbox_AP50`` from the COCO-evaluation callback),
-checkpoints/ (atomic, ``--resume``), model.keras, metrics.json (COCO metrics in original image
-pixels, per class), plots/ (curves, per-class AP), logs/, data_report.json, load_report.json.
-"""
+"""Detection: VOC / COCO / Cityscapes -> box-aware pipeline -> SSD / SSDLite -> COCO (and VOC07)
+box AP in original image pixels, per-class AP, prediction gallery, TFLite export with the
+post-processing inside (:class:`DetectionTask`)."""
 
 from __future__ import annotations
 
-import json
-import time
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from kft import config as cfg
 from kft.data import DataReport, detection_batches
@@ -21,19 +16,8 @@ from kft.data.readers.detection import align_classes
 from kft.data.readers.formats import DETECTION_FORMATS, read_detection
 from kft.data.shapes import SHAPE_CLASSES, make_shapes_detection
 from kft.eval.detection import COCOEvalCallback, evaluate_detector
-from kft.eval.detection_plots import plot_detection_gallery, plot_per_class_ap
-from kft.eval.plots import plot_history
 from kft.models.ssd import SSD, ArchError
-from kft.train.runs import (
-    compile_for_training,
-    fit,
-    prepare_model,
-    prepare_run_dir,
-    read_history,
-    resume_state,
-    set_precision,
-    training_callbacks,
-)
+from kft.tasks import Task, TaskData
 
 
 def read_split(data: cfg.Data, split: str, run_dir: Path, root: str | None = None,
@@ -114,10 +98,9 @@ def build_detector(m: cfg.Model, t: cfg.Train, e: cfg.Eval, num_classes: int,
     try:
         model = SSD.from_arch(
             m.arch, num_classes, image_size=image_size, width_multiplier=m.width_multiplier,
-            backbone_weights=m.backbone_weights or None, sizes=m.default_box_sizes or None,
-            aspect_ratios=m.default_box_aspect_ratios or None,
-            steps=m.default_box_steps or None, iou_threshold=t.iou_threshold,
-            neg_pos_ratio=t.neg_pos_ratio, cls_loss=t.cls_loss, box_loss=t.box_loss,
+            backbone_weights=m.backbone_weights or None, sizes=m.ssd.sizes or None,
+            aspect_ratios=m.ssd.aspect_ratios or None, steps=m.ssd.steps or None,
+            iou_threshold=m.ssd.iou_threshold, neg_pos_ratio=m.ssd.neg_pos_ratio, cls_loss=t.cls_loss, box_loss=t.box_loss,
             cls_weight=t.cls_weight, loc_weight=t.loc_weight,
             label_smoothing=t.label_smoothing, score_threshold=e.score_threshold,
             nms_iou_threshold=e.nms_iou_threshold, max_detections=e.max_detections)
@@ -158,21 +141,6 @@ def _augment(name: str, seed: int):
         raise cfg.ConfigError(f"data.{e}") from None
 
 
-def run_detection(recipe: cfg.Recipe, run_dir: str | Path, resume: bool = False,
-                  verbose: int = 1) -> dict:
-    """Runs a detection recipe end to end into ``run_dir``; returns the summary dict."""
-    t0 = time.time()
-    run_dir = Path(run_dir)
-    ckpt_dir = prepare_run_dir(run_dir, resume)
-    cfg.save_json(recipe, run_dir / "config.json")
-    keras.utils.set_random_seed(recipe.train.seed)
-    set_precision(recipe.train.mixed_precision)
-    try:
-        return _run(recipe, run_dir, ckpt_dir, resume, verbose, t0)
-    finally:
-        keras.config.set_dtype_policy("float32")
-
-
 DRY_RUN_IMAGES = 3  # batches of 2: one full, one partial (the shapes a real split gives)
 
 
@@ -199,80 +167,113 @@ def dry_run_evaluation(model, split, d: cfg.Data, seed: int) -> None:
     evaluate_detector(model.predict_on_batch, few, batches.dataset, voc=d.format == "voc")
 
 
-def _run(recipe, run_dir, ckpt_dir, resume, verbose, t0):
-    d, m, t, e = recipe.data, recipe.model, recipe.train, recipe.eval
-    train_split, val_split = read_splits(d, run_dir)
-    report = DataReport().merge(train_split.report).merge(val_split.report).to_dict()
-    selecting = t.early_stopping_patience > 0
-    if selecting and e.every == 0:
-        raise cfg.ConfigError("train.early_stopping_patience needs in-training evaluation: "
-                              "set eval.every >= 1 (or early_stopping_patience=0)")
-    select_split = None
-    if selecting:  # D9: model selection on a held-out slice of train, never on the val split
-        train_split, select_split = train_split.holdout(d.val_fraction, t.seed)
-    report.update({"class_names": train_split.class_names, "num_train": len(train_split),
-                   "num_val": len(val_split), "root": d.root, "format": d.format,
-                   "generated": _generated(d.root),
-                   "num_selection": len(select_split) if select_split else 0})
-    (run_dir / "data_report.json").write_text(json.dumps(report, indent=2))
-    (run_dir / "class_names.json").write_text(json.dumps(train_split.class_names))
-    if report["num_skipped"]:
-        print(f"[kft] data: {report['num_skipped']} entries skipped, {report['num_converted']} "
-              "corrected or converted (see data_report.json)")
+def _batches(split, recipe, batch_size=None, training=False, with_meta=True, **kwargs):
+    d = recipe.data
+    return detection_batches(split, image_size=d.image_size, resize=d.resize,
+                             batch_size=batch_size or recipe.eval.batch_size,
+                             max_instances=d.max_instances, training=training,
+                             seed=recipe.train.seed, with_meta=with_meta, **kwargs)
 
-    if train_split.num_objects == 0:
-        raise cfg.ConfigError(
-            f"data.root={d.root!r} split {d.train_split!r}: no usable objects in "
-            f"{len(train_split)} images ({report['num_skipped']} entries skipped, e.g. unknown "
-            "class names: set data.class_names; see data_report.json)")
-    num_classes = m.num_classes or len(train_split.class_names)
-    model = build_detector(m, t, e, num_classes, d.image_size)
-    prepare_model(model, m, run_dir, ckpt_dir)
-    dry_run_evaluation(model, val_split, d, t.seed)
 
-    steps = len(train_split) // t.batch_size
-    if steps < 1:
-        raise cfg.ConfigError(f"train.batch_size={t.batch_size} is larger than the training "
-                              f"split ({len(train_split)} images)")
-    extra = compile_for_training(model, t, steps)
+class DetectionTask(Task):
+    name = "detection"
+    default_monitor = "val_bbox_AP50"
 
-    val_batches = detection_batches(val_split, image_size=d.image_size, resize=d.resize,
-                                    batch_size=e.batch_size, max_instances=d.max_instances,
-                                    training=False, seed=t.seed, with_meta=True)
-    metric_callbacks = []
-    if e.every > 0:
-        monitored = select_split or val_split
-        monitored_batches = val_batches if select_split is None else detection_batches(
-            select_split, image_size=d.image_size, resize=d.resize, batch_size=e.batch_size,
-            max_instances=d.max_instances, training=False, seed=t.seed, with_meta=True)
-        metric_callbacks.append(COCOEvalCallback(monitored, monitored_batches.dataset,
-                                                 every=e.every, voc=d.format == "voc"))
-    if select_split is not None:
-        print(f"[kft] model selection (early stopping): val_* in history.csv are on "
-              f"{len(select_split)} images held out of the training split "
-              f"(data.val_fraction={d.val_fraction}); metrics.json is on {d.val_split!r}")
-    monitor = t.monitor or "val_bbox_AP50"
-    callbacks, es, nan_stop = training_callbacks(
-        t, ckpt_dir, monitor, run_dir, resume, metric_callbacks=metric_callbacks, extra=extra)
-    initial_epoch = resume_state(model, ckpt_dir, es, resume, t.epochs, metric_callbacks)
-    train_batches = detection_batches(
-        train_split, image_size=d.image_size, resize=d.resize, batch_size=t.batch_size,
-        max_instances=d.max_instances, training=True, seed=t.seed,
-        augment=_augment(d.detection_augment, t.seed), cache=d.cache, epochs=t.epochs,
-        initial_epoch=min(initial_epoch, t.epochs - 1))
-    fit(model, train_batches, None, t, callbacks, initial_epoch, ckpt_dir, nan_stop, es,
-        verbose, monitor)
+    def read(self, recipe, run_dir, purpose="train") -> TaskData:
+        d, t, e = recipe.data, recipe.train, recipe.eval
+        run_dir = Path(run_dir)
+        val_root = d.val_root or d.root
+        if purpose == "eval":
+            train_split = None
+            val_split = read_split(d, d.val_split, run_dir, val_root, seed=t.seed)
+        else:
+            train_split, val_split = read_splits(d, run_dir)
+        select_split = None
+        if purpose == "train" and t.early_stopping_patience > 0:
+            if e.every == 0:
+                raise cfg.ConfigError(
+                    "train.early_stopping_patience needs in-training evaluation: set "
+                    "eval.every >= 1 (or early_stopping_patience=0)")
+            # D9: model selection on a held-out slice of train, never on the val split
+            train_split, select_split = train_split.holdout(d.val_fraction, t.seed)
+        report = DataReport()
+        for split in (train_split, val_split):
+            if split is not None:
+                report.merge(split.report)
+        report = report.to_dict()
+        names = (train_split or val_split).class_names
+        report.update({"class_names": names,
+                       "num_train": len(train_split) if train_split is not None else 0,
+                       "num_val": len(val_split), "root": d.root, "format": d.format,
+                       "generated": _generated(d.root),
+                       "num_selection": len(select_split) if select_split else 0})
+        if purpose == "train":
+            if report["num_skipped"]:
+                print(f"[kft] data: {report['num_skipped']} entries skipped, "
+                      f"{report['num_converted']} corrected or converted (see "
+                      "data_report.json)")
+            if train_split.num_objects == 0:
+                raise cfg.ConfigError(
+                    f"data.root={d.root!r} split {d.train_split!r}: no usable objects in "
+                    f"{len(train_split)} images ({report['num_skipped']} entries skipped, e.g. "
+                    "unknown class names: set data.class_names; see data_report.json)")
+            if select_split is not None:
+                print(f"[kft] model selection (early stopping): val_* in history.csv are on "
+                      f"{len(select_split)} images held out of the training split "
+                      f"(data.val_fraction={d.val_fraction}); metrics.json is on "
+                      f"{d.val_split!r}")
+        return TaskData(
+            train=train_split, val=val_split, class_names=list(names), report=report,
+            generated=report["generated"], num_train=report["num_train"],
+            num_val=len(val_split), selection=select_split,
+            num_selection=report["num_selection"],
+            val_description=f"{val_root} split {d.val_split!r} ({len(val_split)} images)",
+            selection_description=(
+                f"{len(select_split)} images held out of {d.root} split {d.train_split!r}"
+                if select_split is not None else None))
 
-    model.save(run_dir / "model.keras")
-    metrics = evaluate_detector(model.predict_on_batch, val_split, val_batches.dataset,
-                                voc=d.format == "voc")
-    metrics["split"] = f"{d.val_root or d.root} split {d.val_split!r}"
-    metrics["selection_split"] = (
-        f"{len(select_split)} images held out of {d.root} split {d.train_split!r}"
-        if select_split is not None else None)
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    plots = {}
-    if e.plots:
+    def build_model(self, recipe, data):
+        m = recipe.model
+        num_classes = m.num_classes or len(data.class_names)
+        return build_detector(m, recipe.train, recipe.eval, num_classes, recipe.data.image_size)
+
+    def before_training(self, model, data, recipe):
+        dry_run_evaluation(model, data.val, recipe.data, recipe.train.seed)
+
+    def _val(self, data, recipe):
+        if "val" not in data.batches:
+            data.batches["val"] = _batches(data.val, recipe)
+        return data.batches["val"]
+
+    def monitoring(self, model, data, recipe):
+        e = recipe.eval
+        if e.every == 0:
+            return None, []
+        if data.selection is None:
+            split, batches = data.val, self._val(data, recipe)
+        else:
+            split, batches = data.selection, _batches(data.selection, recipe)
+        return None, [COCOEvalCallback(split, batches.dataset, every=e.every,
+                                       voc=recipe.data.format == "voc")]
+
+    def train_batches(self, data, recipe, initial_epoch):
+        d, t = recipe.data, recipe.train
+        return _batches(data.train, recipe, batch_size=t.batch_size, training=True,
+                        with_meta=False, augment=_augment(d.detection_augment, t.seed),
+                        cache=d.cache, epochs=t.epochs,
+                        initial_epoch=min(initial_epoch, t.epochs - 1))
+
+    def evaluate(self, model, data, recipe):
+        return evaluate_detector(model.predict_on_batch, data.val,
+                                 self._val(data, recipe).dataset,
+                                 voc=recipe.data.format == "voc")
+
+    def plots(self, model, data, metrics, run_dir, recipe):
+        from kft.eval.detection_plots import plot_per_class_ap
+        from kft.eval.plots import plot_history
+        from kft.train.runs import read_history
+
+        plots = {}
         history = read_history(run_dir / "history.csv")
         if history:
             plots["curves"] = plot_history(history, run_dir / "plots" / "training_curves.png")
@@ -280,53 +281,61 @@ def _run(recipe, run_dir, ckpt_dir, resume, verbose, t0):
             plots["per_class_ap"] = plot_per_class_ap(
                 metrics["bbox_per_class_AP"], run_dir / "plots" / "per_class_ap.png",
                 title="bbox AP@[.5:.95] per class")
-        plots["predictions"] = plot_predictions(model, val_split, val_batches.dataset,
+        plots["predictions"] = plot_predictions(model, data.val, self._val(data, recipe).dataset,
                                                 run_dir / "plots" / "predictions.png")
-    export_report = None
-    if recipe.export.enabled and recipe.export.quantize:
+        return plots
+
+    def export(self, model, data, recipe, out_dir, formats, samples, keras_metrics=None):
         from kft.export.detection import export_detector_and_report
 
-        rep = detection_batches(train_split, image_size=d.image_size, resize=d.resize,
-                                batch_size=e.batch_size, max_instances=d.max_instances,
-                                training=False, seed=t.seed)
-        export_report = export_detector_and_report(
-            model, run_dir / "export", rep.dataset, val_split, val_batches.dataset,
-            formats=tuple(recipe.export.quantize), voc=d.format == "voc",
-            num_calibration=recipe.export.representative_samples, keras_metrics=metrics)
-    summary = {"run_dir": str(run_dir), "epochs_run": t.epochs - initial_epoch,
-               "metrics": {k: metrics.get(k) for k in ("bbox_AP", "bbox_AP50", "bbox_AP75")},
-               "model": str(run_dir / "model.keras"), "plots": plots,
-               "export": {k: str(run_dir / "export" / v["path"]) for k, v in
-                          (export_report or {}).items() if isinstance(v, dict) and "path" in v},
-               "seconds": round(time.time() - t0, 1)}
-    print("\n==== kft run summary ====")
-    if report["generated"]:
-        print("data:      GENERATED (kft's synthetic shapes; not real images)")
-    print(f"evaluated: {metrics['split']} ({metrics['num_images']} images)"
-          + (f"; model selected on {metrics['selection_split']}"
-             if metrics["selection_split"] else ""))
-    print("bbox AP {bbox_AP} AP50 {bbox_AP50} AP75 {bbox_AP75}".format(
-        **{k: "n/a" if v is None else f"{v:.4f}" for k, v in summary["metrics"].items()}))
-    for fmt, r in (export_report or {}).items():
-        if fmt != "keras" and isinstance(r, dict) and "path" in r:
-            print(f"tflite {fmt:8s} AP {r['bbox_AP']:.4f} AP50 {r['bbox_AP50']:.4f} "
-                  f"(AP50 {-r.get('bbox_AP50_drop_vs_keras', 0.0):+.4f} vs Keras), "
-                  f"{r['size_mb']:.2f} MiB, {r['latency_ms']:.1f} ms/image")
-    print(f"run dir:   {run_dir}  ({summary['seconds']} s)")
-    print(f"model:     {summary['model']}")
-    for path in plots.values():
-        print(f"plot:      {path}")
-    for path in summary["export"].values():
-        print(f"export:    {path}")
-    return summary
+        rep = _batches(data.train, recipe, with_meta=False)  # calibration: train, no augment
+        return export_detector_and_report(
+            model, out_dir, rep.dataset, data.val, self._val(data, recipe).dataset,
+            formats=tuple(formats), voc=recipe.data.format == "voc", num_calibration=samples,
+            keras_metrics=keras_metrics)
+
+    def headline_metrics(self, metrics):
+        return {k: metrics.get(k) for k in ("bbox_AP", "bbox_AP50", "bbox_AP75")}
+
+    def metrics_line(self, metrics):
+        m = {k: "n/a" if v is None else f"{v:.4f}"
+             for k, v in self.headline_metrics(metrics).items()}
+        return (f"bbox AP {m['bbox_AP']}  AP50 {m['bbox_AP50']}  AP75 {m['bbox_AP75']}  "
+                f"({metrics['num_images']} images)")
+
+    def export_lines(self, export_report):
+        return [f"tflite {fmt:8s} AP {r['bbox_AP']:.4f} AP50 {r['bbox_AP50']:.4f} "
+                f"(AP50 {-r.get('bbox_AP50_drop_vs_keras', 0.0):+.4f} vs Keras), "
+                f"{r['size_mb']:.2f} MiB, {r['latency_ms']:.1f} ms/image"
+                for fmt, r in (export_report or {}).items()
+                if fmt != "keras" and isinstance(r, dict) and "path" in r]
+
+    def predict(self, model, pixels, class_names, top_k=3, score_threshold=0.3):
+        """Detections of one image, resized as the pipeline resizes for this model, boxes
+        (xyxy) in the image's own pixels."""
+        from kft.data.detection_pipeline import resize_image, to_original
+
+        image, scale, _ = resize_image(pixels, image_size=tuple(model.input_shape[1:3]),
+                                       resize=getattr(model, "resize", "fixed"))
+        det = model.predict_on_batch(np.asarray(image)[None])
+        boxes = np.asarray(to_original(det["boxes"][0], scale, pixels.shape[:2]))
+        out = []
+        for i in range(int(det["num_detections"][0])):
+            score = float(det["scores"][0][i])
+            if score < score_threshold:
+                continue
+            label = int(det["labels"][0][i])
+            out.append({"label": label,
+                        "class": class_names[label] if class_names else str(label),
+                        "score": round(score, 4),
+                        "box": [round(float(v), 1) for v in boxes[i]]})
+        return {"detections": out}
 
 
 def plot_predictions(model, split, batches, path, max_images: int = 16,
                      score_threshold: float = 0.3) -> str:
     """Draws the first val images with predictions (solid, class + score) and ground truth
     (dashed) into a gallery PNG; returns its path."""
-    import numpy as np
-
     images, detections, truths = [], [], []
     for x, y, _meta in batches:
         det = model.predict_on_batch(x)
@@ -340,5 +349,7 @@ def plot_predictions(model, split, batches, path, max_images: int = 16,
                            "labels": np.asarray(y["labels"][i])})
         if len(images) >= max_images:
             break
+    from kft.eval.detection_plots import plot_detection_gallery
+
     return str(plot_detection_gallery(images, detections, split.class_names, path,
                                       ground_truth=truths, score_threshold=score_threshold))

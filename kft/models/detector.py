@@ -1,0 +1,55 @@
+"""The base every kft detector shares (SSD / SSDLite now; Faster and Mask R-CNN next).
+
+A :class:`Detector` is a ``keras.Model`` whose call returns the raw network outputs (what the
+loss reads) and whose :meth:`Detector.detect` returns detections: the network, then
+:meth:`Detector.decode` (box decoding, scores, NMS) inside the same graph, so ``predict``,
+evaluation, ``kft predict`` and TFLite export share one post-processing path.
+
+Data contract (shared/DESIGN.md): images float32 ``[B, H, W, 3]`` in 0..255 pixels; targets
+``{"boxes": f32[B, M, 4] xyxy pixels, "labels": i32[B, M]}`` padded with label -1 (optionally
+``"iscrowd"``). Detections (:data:`DETECTION_KEYS`): ``boxes [B, D, 4]`` xyxy in input-image
+pixels, ``scores [B, D]``, ``labels [B, D]`` (0-based, -1 padding), ``num_detections [B]``.
+
+A subclass sets :attr:`Detector.resize` (how kft's pipeline sizes images for it: one of
+``kft.data.detection_pipeline.RESIZE_MODES``) and implements :meth:`decode`; it may override
+:meth:`detect` when decoding needs more than the raw outputs (a two-stage detector's second
+stage).
+"""
+
+from __future__ import annotations
+
+import keras
+
+DETECTION_KEYS = ("boxes", "scores", "labels", "num_detections")
+
+
+class Detector(keras.Model):
+    """Base of kft's detectors (see the module docstring)."""
+
+    #: the image resize kft's pipeline applies for this model ("fixed": stretched to the
+    #: static input size; "keep_aspect": scaled to fit and padded)
+    resize = "fixed"
+    output_keys = DETECTION_KEYS
+
+    def decode(self, raw: dict) -> dict:
+        """Raw outputs of ``self(images)`` -> the detection dict."""
+        raise NotImplementedError
+
+    def detect(self, images) -> dict:
+        """Detections for float32 images ``[B, H, W, 3]`` (0..255), in inference mode."""
+        return self.decode(self(images, training=False))
+
+    def predict_step(self, data):
+        x = data[0] if isinstance(data, (tuple, list)) else data
+        return self.detect(x)
+
+    def inference_model(self) -> keras.Model:
+        """A functional model ``images -> detections`` (one graph: network + decoding)."""
+        images = keras.Input(self.input_shape[1:], name="images")
+        return keras.Model(images, self.decode(self(images)), name=f"{self.name}_inference")
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """``(H, W)`` of the static image input."""
+        h, w = self.input_shape[1:3]
+        return int(h), int(w)
