@@ -32,8 +32,9 @@ class Detector(keras.Model):
     output_keys = DETECTION_KEYS
 
     def decode(self, raw: dict) -> dict:
-        """Raw outputs of ``self(images)`` -> the detection dict."""
-        raise NotImplementedError
+        """Raw outputs of ``self(images)`` -> the detection dict (each detector defines it)."""
+        raise TypeError(f"{type(self).__name__} does not define decode(): a Detector subclass "
+                        "maps its raw outputs to detections there")
 
     def detect(self, images) -> dict:
         """Detections for float32 images ``[B, H, W, 3]`` (0..255), in inference mode."""

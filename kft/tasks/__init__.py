@@ -15,6 +15,7 @@ and never rebuild pipelines or pre/post-processing themselves::
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,61 +51,72 @@ class TaskData:
     batches: dict = field(default_factory=dict)  # the task's batches, built once per split
 
 
-class Task:
+class Task(abc.ABC):
     """Base of the tasks; see the module docstring for how they are used."""
 
     name = ""
     default_monitor = ""  # the history.csv column early stopping / best weights watch
 
+    @abc.abstractmethod
     def read(self, recipe: cfg.Recipe, run_dir: Path, purpose: str = "train") -> TaskData:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def build_model(self, recipe: cfg.Recipe, data: TaskData):
-        raise NotImplementedError
+        ...
 
     def before_training(self, model, data: TaskData, recipe: cfg.Recipe) -> None:
         """Cheap checks on the freshly built model before the first epoch (default none)."""
+        return None
 
     def compile_arguments(self, recipe: cfg.Recipe, data: TaskData) -> dict:
         """Extra ``model.compile`` arguments (loss, metrics); default none."""
         return {}
 
+    @abc.abstractmethod
     def monitoring(self, model, data: TaskData, recipe: cfg.Recipe):
         """``(validation_data for model.fit or None, metric callbacks)``."""
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def train_batches(self, data: TaskData, recipe: cfg.Recipe, initial_epoch: int):
-        raise NotImplementedError
+        ...
 
     def check_model(self, model, data: TaskData, recipe: cfg.Recipe) -> None:
         """A user error when ``model`` cannot be scored on ``data`` (e.g. class counts)."""
+        return None
 
+    @abc.abstractmethod
     def evaluate(self, model, data: TaskData, recipe: cfg.Recipe) -> dict:
-        raise NotImplementedError
+        ...
 
     def plots(self, model, data: TaskData, metrics: dict, run_dir: Path,
               recipe: cfg.Recipe) -> dict:
         return {}
 
+    @abc.abstractmethod
     def export(self, model, data: TaskData, recipe: cfg.Recipe, out_dir: Path, formats,
                samples: int, keras_metrics: dict | None = None) -> dict:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def headline_metrics(self, metrics: dict) -> dict:
         """The metrics of the run summary."""
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def metrics_line(self, metrics: dict) -> str:
         """One line of the headline metrics (``kft eval`` and the summary)."""
-        raise NotImplementedError
+        ...
 
     def export_lines(self, export_report: dict | None) -> list[str]:
         return []
 
+    @abc.abstractmethod
     def predict(self, model, pixels, class_names, top_k: int = 3,
                 score_threshold: float = 0.3) -> dict:
         """The result of one image (``uint8 [H, W, 3]`` at its own size) as a JSON-able dict."""
-        raise NotImplementedError
+        ...
 
 
 def task_named(name: str) -> Task:
