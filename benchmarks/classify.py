@@ -197,14 +197,9 @@ def bench_torchvision(arch: str, size: int, batch: int, steps: int) -> dict:
 
 def run_torchvision(python: str, arch: str, size: int, batch: int, steps: int) -> dict:
     """Runs :func:`bench_torchvision` in ``python`` (a clean process: no TensorFlow threads)."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    code = (f"import sys, json; sys.path.insert(0, {here!r}); import classify; "
-            f"print(json.dumps(classify.bench_torchvision({arch!r}, {size}, {batch}, {steps})))")
-    proc = subprocess.run([python, "-c", code], capture_output=True, text=True)
-    if proc.returncode != 0:
-        tail = proc.stderr.strip().splitlines()[-1:] or ["no output"]
-        return {"error": f"{python}: {tail[0]}"}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    from child import run_in
+
+    return run_in(python, "classify", f"bench_torchvision({arch!r}, {size}, {batch}, {steps})")
 
 
 def torchvision_python(requested: str | None, arch: str) -> str | None:

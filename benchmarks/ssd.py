@@ -422,16 +422,12 @@ def _redraw_torch_kernels(model, seed: int = 0) -> int:
 
 def run_torchvision(python: str, name: str, size: int, args) -> dict:
     """Runs :func:`bench_torchvision` in ``python`` (a clean process: no TensorFlow threads)."""
-    call = (f"ssd.bench_torchvision({name!r}, {size}, {args.batch}, {args.steps}, "
+    call = (f"bench_torchvision({name!r}, {size}, {args.batch}, {args.steps}, "
             f"{args.infer_steps}, {args.nms_candidates}, {args.max_detections}, "
             f"{args.nms_iou}, {args.lr})")
-    code = (f"import sys, json; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})"
-            f"; import ssd; print(json.dumps({call}))")
-    proc = subprocess.run([python, "-c", code], capture_output=True, text=True)
-    if proc.returncode != 0:
-        tail = proc.stderr.strip().splitlines()[-1:] or ["no output"]
-        return {"error": f"{python}: {tail[0]}"}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    from child import run_in
+
+    return run_in(python, "ssd", call)
 
 
 def torchvision_python(requested: str | None) -> str | None:
