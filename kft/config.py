@@ -41,17 +41,23 @@ class Data:
     tfds_download: bool = False
     train_split: str = "train"
     val_split: str = "test"
+    splits: str = ""  # "train,val": sets train_split and val_split with one key
     cache: bool = False
-    augment: bool = True  # D4 classification augmentation
+    # classification augmentation preset: natural (photos: flip, crop, colour) | orientation
+    # (digits, documents, medical: no flips/rot90/transpose) | guide (the guide's full D4 set)
+    # | none; true = guide, false = none (older recipes)
+    augment: str = "natural"
     min_side: int = 8  # images smaller than this (either side) are skipped and reported
     shuffle_buffer: int = 10000
     generate: str = ""  # "shapes": write kft's generated dataset to `root` when it is missing
     generate_num_train: int = 300  # detection shapes: images per split when generating
     generate_num_val: int = 100
     # Detection (task="detection"):
-    format: str = ""  # voc | coco | cityscapes
+    format: str = ""  # voc | coco | yolo | cityscapes; "" or auto: detected from data.root
+    image_dir: str = ""  # COCO: the image folder when it is not found next to the annotations
     val_root: str = ""  # validation data root when it differs (VOC07 test after 07+12 training)
-    class_names: tuple[str, ...] = ()  # VOC: the classes to read; () = the 20 VOC classes
+    # VOC / YOLO: the classes to read; () = inferred (the 20 VOC ones when every name is one)
+    class_names: tuple[str, ...] = ()
     resize: str = "fixed"  # fixed (SSD 300/512) | keep_aspect (R-CNN)
     max_instances: int = 100  # ground-truth boxes per image after padding
     detection_augment: str = "ssd"  # none | ssd (photometric + expand + IoU crop + flip) | default
@@ -89,7 +95,9 @@ class Model:
     # Detection: a keras.applications-style ImageNet weights file for the detector backbone.
     backbone_weights: str = ""
     width_multiplier: float = 1.0  # SSDLite: MobileNet alpha (0.35, 0.5, 0.75, 1.0, ...)
-    bn_momentum: float = 0.0  # > 0: set every BatchNormalization's momentum (from-scratch runs)
+    # BatchNormalization moving-average momentum: 0 = chosen from the run length (short runs
+    # get statistics that follow the weights), -1 = keep the network's own, else set it
+    bn_momentum: float = 0.0
     ssd: SSDSettings = field(default_factory=SSDSettings)
 
 
@@ -97,11 +105,11 @@ class Model:
 class Train:
     """Optimisation and fine-tuning controls (T1-T9, T12)."""
 
-    epochs: int = 10
-    batch_size: int = 32
+    epochs: int = 10  # 0: chosen from the number of images (kft.train.plan)
+    batch_size: int = 32  # 0: chosen from the number of images; adapted to the split's size
     seed: int = 0
     optimizer: str = "sgd"  # sgd | adamw | adam
-    learning_rate: float = 0.01
+    learning_rate: float = 0.01  # 0: chosen from the optimiser and fine-tuning policy
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 1e-4
@@ -114,7 +122,8 @@ class Train:
     restart_epochs: float = 5.0  # T_0 in epochs
     restart_mult: float = 2.0  # T_mult
     min_lr: float = 1e-6  # eta_min
-    warmup_steps: int = 0
+    warmup_epochs: float = 0.0  # linear warm-up length in epochs (may be a fraction)
+    warmup_steps: int = 0  # the same in optimiser steps (use one of the two)
     warmup_factor: float = 0.001
     milestones: tuple[int, ...] = ()  # epochs at which lr *= gamma (warmup_multistep)
     gamma: float = 0.1
@@ -127,6 +136,11 @@ class Train:
     trainable_stages: tuple[str, ...] = ("all",)
     unfreeze_every: int = 0  # progressive unfreezing: every N epochs ...
     unfreeze_per_round: int = 1  # ... unfreeze this many more stages, top down
+    # fine-tuning policy (fastai's fine_tune, the guide's T1/T2): the first head_epochs train
+    # only the new head (backbone frozen), then trainable_stages train, the backbone at
+    # learning_rate * backbone_lr_scale
+    head_epochs: int = 0
+    backbone_lr_scale: float = 1.0
     layer_lrs: dict[str, float] = field(default_factory=dict)  # T2: {"layer4": 1e-4}
     early_stopping_patience: int = 0  # T7: 0 disables
     monitor: str = ""  # "": val_macro_f1 (classification) / val_bbox_AP50 (detection)
@@ -192,7 +206,7 @@ def load_recipe(path: str | Path) -> Recipe:
     recipe = getattr(module, "RECIPE", None)
     if not isinstance(recipe, Recipe):
         raise ConfigError(f"{path}: the module must define RECIPE = kft.config.Recipe(...)")
-    return recipe
+    return normalized(recipe)
 
 
 def _raising_line(path: Path, error: BaseException) -> str:
@@ -229,6 +243,28 @@ def renamed(key: str) -> str:
         return key
     print(f"[kft] note: {key} is now {new}; the old name still works")
     return new
+
+
+# Values older recipes wrote that now have a name (``data.augment`` was a bool).
+LEGACY_VALUES = {"data.augment": {True: "guide", False: "none", "true": "guide",
+                                  "false": "none", "1": "guide", "0": "none", "yes": "guide",
+                                  "no": "none", "on": "guide", "off": "none"}}
+
+
+def normalized(recipe: "Recipe") -> "Recipe":
+    """``recipe`` with :data:`LEGACY_VALUES` replaced by their names, and ``data.splits``
+    ("train,val") written into ``data.train_split`` / ``data.val_split``."""
+    splits = [p.strip() for p in recipe.data.splits.split(",")] if recipe.data.splits else []
+    if len(splits) == 2 and all(splits):
+        recipe = replace_value(recipe, "data.train_split", splits[0])
+        recipe = replace_value(recipe, "data.val_split", splits[1])
+    for key, names in LEGACY_VALUES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(recipe, section), name)
+        key_value = value.lower() if isinstance(value, str) else value
+        if isinstance(key_value, (bool, str)) and key_value in names:
+            recipe = replace_value(recipe, key, names[key_value])
+    return recipe
 
 
 def unknown_key_message(full_key: str) -> str:
@@ -276,7 +312,7 @@ def apply_overrides(recipe: Recipe, overrides: list[str] | tuple[str, ...]) -> R
             raise ConfigError(f"override {item!r} must look like key=value, e.g. train.epochs=3")
         key, raw = item.split("=", 1)
         recipe = set_value(recipe, key.strip(), raw)
-    return recipe
+    return normalized(recipe)
 
 
 def set_value(recipe: Recipe, key: str, raw: str) -> Recipe:
@@ -379,7 +415,7 @@ def from_dict(data: dict) -> Recipe:
             kwargs[f.name] = v
         return cls(**kwargs)
 
-    return build(Recipe, _moved_to_sections(data))
+    return normalized(build(Recipe, _moved_to_sections(data)))
 
 
 def _moved_to_sections(data: dict) -> dict:
@@ -398,5 +434,30 @@ def _moved_to_sections(data: dict) -> dict:
     return data
 
 
-def save_json(recipe: Recipe, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(to_dict(recipe), indent=2))
+def save_json(recipe: Recipe, path: str | Path, resolved: dict | None = None) -> None:
+    """Writes ``config.json``: the recipe, and under ``"resolved"`` what the run set from its
+    data (``{key: {"from", "to", "why"}}``, :mod:`kft.train.plan`)."""
+    data = to_dict(recipe)
+    if resolved:
+        data["resolved"] = resolved
+    Path(path).write_text(json.dumps(data, indent=2))
+
+
+def resolved_record(path: str | Path) -> dict:
+    """The ``"resolved"`` record of a ``config.json`` (``{}`` when absent or unreadable)."""
+    try:
+        record = json.loads(Path(path).read_text()).get("resolved", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def replace_value(recipe: Recipe, key: str, value: Any) -> Recipe:
+    """A copy of ``recipe`` with the dotted ``key`` set to ``value`` (already typed)."""
+    head, _, rest = key.partition(".")
+    current = getattr(recipe, head)
+    if rest:
+        return dataclasses.replace(recipe, **{head: replace_value(current, rest, value)})
+    if isinstance(current, tuple) and isinstance(value, list):
+        value = tuple(value)
+    return dataclasses.replace(recipe, **{head: value})

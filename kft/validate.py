@@ -48,7 +48,9 @@ SCHEDULES = ("constant", "cosine_restarts", "warmup_multistep", "step")  # build
 PRECISIONS = ("", "float32", "float16", "bfloat16")  # kft.train.runs.set_precision
 WEIGHT_DECAY_MODES = ("decoupled", "coupled")  # kft.config.Train.weight_decay_mode
 EXPORT_FORMATS = ("float32", "float16", "int8")  # kft.export.tflite.FORMATS
-DETECTION_FORMATS = ("voc", "coco", "cityscapes")  # kft.tasks.detection.read_split
+DETECTION_FORMATS = ("voc", "coco", "yolo", "cityscapes")  # kft.data.readers.formats
+AUTO_FORMATS = ("", "auto")  # data.format: detected from data.root
+AUGMENT_PRESETS = ("natural", "orientation", "guide", "none")  # kft.data.augment
 RESIZE_MODES = ("fixed", "keep_aspect")  # kft.data.detection_pipeline.RESIZE_MODES
 DETECTION_AUGMENTS = ("none", "ssd", "default", "")  # kft.tasks.detection._augment ("" = none)
 CLS_LOSSES = ("ce", "focal")  # kft.losses.ssd_multibox_loss
@@ -187,6 +189,21 @@ class ByTask:
                 raise ConfigError(f"{e} (task={recipe.task})") from None
 
 
+@dataclass(frozen=True)
+class SpecialOr:
+    """One of the ``special`` values (``0`` = auto, ...) or a value within ``rule``."""
+
+    special: dict  # value -> what it means
+    rule: Range
+
+    def check(self, key: str, value: Any, recipe: cfg.Recipe) -> None:
+        if value in self.special or self.rule.ok(value):
+            return
+        meanings = ", ".join(f"{v:g} ({m})" for v, m in self.special.items())
+        raise ConfigError(f"{key}={_show(value)} is out of range: must be {self.rule.text()} "
+                          f"or {meanings}")
+
+
 def _flatten(items):
     for item in items:
         if isinstance(item, (tuple, list)):
@@ -213,12 +230,15 @@ RULES: dict[str, Any] = {
     "data.val_fraction": FRACTION_OPEN,
     "data.train_split": NON_EMPTY,
     "data.val_split": NON_EMPTY,
+    "data.splits": Pattern(r"[^,\s]+\s*,\s*[^,\s]+", "two split names 'TRAIN,VAL', e.g. "
+                           "train,val"),
+    "data.augment": OneOf(AUGMENT_PRESETS),
     "data.min_side": NON_NEGATIVE,
     "data.shuffle_buffer": AT_LEAST_1,
     "data.generate": OneOf(GENERATORS),
     "data.generate_num_train": AT_LEAST_1,
     "data.generate_num_val": AT_LEAST_1,
-    "data.format": ByTask({"detection": OneOf(DETECTION_FORMATS)}),
+    "data.format": ByTask({"detection": OneOf(AUTO_FORMATS + DETECTION_FORMATS)}),
     "data.resize": OneOf(RESIZE_MODES),
     "data.max_instances": AT_LEAST_1,
     "data.detection_augment": OneOf(DETECTION_AUGMENTS),
@@ -236,13 +256,14 @@ RULES: dict[str, Any] = {
     "model.ssd.aspect_ratios": Each(POSITIVE),
     "model.ssd.steps": Each(POSITIVE),
     "model.width_multiplier": POSITIVE,
-    "model.bn_momentum": FRACTION_OPEN,  # 0 = keep the layers' own
+    "model.bn_momentum": SpecialOr({0: "auto from the run length", -1: "keep the network's"},
+                                   Range(0, 1, lo_open=True, hi_open=True)),
     # train
-    "train.epochs": AT_LEAST_1,
-    "train.batch_size": AT_LEAST_1,
+    "train.epochs": SpecialOr({0: "auto, kft.train.plan"}, AT_LEAST_1),
+    "train.batch_size": SpecialOr({0: "auto, kft.train.plan"}, AT_LEAST_1),
     "train.seed": NON_NEGATIVE,
     "train.optimizer": OneOf(OPTIMIZERS),
-    "train.learning_rate": POSITIVE,
+    "train.learning_rate": SpecialOr({0: "auto, kft.train.plan"}, POSITIVE),
     "train.momentum": FRACTION_OPEN,
     "train.weight_decay": NON_NEGATIVE,
     "train.weight_decay_mode": OneOf(WEIGHT_DECAY_MODES),
@@ -251,6 +272,9 @@ RULES: dict[str, Any] = {
     "train.restart_mult": POSITIVE,
     "train.min_lr": NON_NEGATIVE,
     "train.warmup_steps": NON_NEGATIVE,
+    "train.warmup_epochs": NON_NEGATIVE,
+    "train.head_epochs": NON_NEGATIVE,
+    "train.backbone_lr_scale": NON_NEGATIVE,
     "train.warmup_factor": FRACTION,
     "train.milestones": Each(NON_NEGATIVE),
     "train.gamma": POSITIVE,
@@ -294,8 +318,9 @@ TASK_ONLY: dict[str, frozenset[str]] = {
     }),
     "detection": frozenset({
         "data.generate_num_train", "data.generate_num_val", "data.format", "data.val_root",
+        "data.image_dir",
         "data.class_names", "data.resize", "data.max_instances", "data.detection_augment",
-        "model.backbone_weights", "model.width_multiplier", "model.bn_momentum",
+        "model.backbone_weights", "model.width_multiplier",
         "model.ssd.sizes", "model.ssd.aspect_ratios", "model.ssd.steps",
         "model.ssd.iou_threshold", "model.ssd.neg_pos_ratio",
         "train.cls_loss", "train.box_loss", "train.cls_weight", "train.loc_weight",
@@ -305,13 +330,16 @@ TASK_ONLY: dict[str, frozenset[str]] = {
 SHARED_KEYS = frozenset({
     "name", "task", "description",
     "data.root", "data.image_size", "data.val_fraction", "data.train_split", "data.val_split",
+    "data.splits",
     "data.cache",
     "data.generate",
     "model.arch", "model.load_from", "model.load_from_hash", "model.num_classes",
+    "model.bn_momentum",
     "train.epochs", "train.batch_size", "train.seed", "train.optimizer", "train.learning_rate",
     "train.momentum", "train.nesterov", "train.weight_decay", "train.weight_decay_mode",
     "train.schedule", "train.restart_epochs", "train.restart_mult", "train.min_lr",
-    "train.warmup_steps", "train.warmup_factor", "train.milestones", "train.gamma",
+    "train.warmup_steps", "train.warmup_epochs", "train.warmup_factor", "train.milestones",
+    "train.gamma", "train.head_epochs", "train.backbone_lr_scale",
     "train.step_epochs", "train.clipnorm", "train.mixed_precision", "train.grad_accum_steps",
     "train.label_smoothing", "train.trainable_stages", "train.unfreeze_every",
     "train.unfreeze_per_round", "train.layer_lrs", "train.early_stopping_patience",
@@ -344,6 +372,7 @@ def validate_recipe(recipe: cfg.Recipe, set_keys: Iterable[str] = (),
     """
     if not isinstance(recipe, cfg.Recipe):
         raise ConfigError(f"expected a kft.config.Recipe, got {type(recipe).__name__}")
+    recipe = cfg.normalized(recipe)
     values = dict(_items(recipe))
     defaults = dict(_items(cfg.Recipe()))
     hints = dict(_hints(cfg.Recipe))
@@ -378,12 +407,20 @@ def task_of_key(key: str) -> str | None:
     return None
 
 
+# Values that a run settles from its data (kft.train.plan, the task's read): a recipe still
+# holding them resumes a run whose config.json holds what they were settled to.
+AUTO_VALUES = {"data.format": AUTO_FORMATS, "data.class_names": ((),), "model.bn_momentum": (0,)}
+
+
 def resume_differences(recipe: cfg.Recipe, saved: cfg.Recipe) -> list[str]:
-    """``key (saved -> new)`` for each key of ``RESUME_FIXED`` that differs."""
+    """``key (saved -> new)`` for each key of ``RESUME_FIXED`` that differs (a key the new
+    recipe leaves to be settled from the data, :data:`AUTO_VALUES`, does not)."""
     new, old = dict(_items(recipe)), dict(_items(saved))
     out = []
     for key in new:
         fixed = any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUME_FIXED)
+        if _normal(new[key]) in AUTO_VALUES.get(key, ()):
+            continue
         if fixed and _normal(new[key]) != _normal(old.get(key)):
             out.append(f"{key} ({_show(old.get(key))} -> {_show(new[key])})")
     return out
@@ -460,9 +497,6 @@ def _data_root(r: cfg.Recipe) -> None:
 
 
 def _detection_format(r: cfg.Recipe) -> None:
-    if r.task == "detection" and not r.data.format:
-        raise ConfigError(f"data.format='' : a detection recipe needs data.format, one of "
-                          f"{_choices_text(DETECTION_FORMATS)}")
     if r.task == "detection" and r.data.generate and r.data.format not in ("voc", "coco"):
         raise ConfigError(f"data.generate={r.data.generate!r} writes VOC and COCO layouts: "
                           f"data.format={r.data.format!r} must be voc or coco")
@@ -519,11 +553,30 @@ def _selection_needs_evaluation(r: cfg.Recipe) -> None:
 
 def _monitor(r: cfg.Recipe) -> None:
     if (r.task == "detection" and r.train.monitor in VOC_MONITORS
-            and r.data.format != "voc"):
+            and r.data.format not in ("voc",) + AUTO_FORMATS):
         raise ConfigError(f"train.monitor={r.train.monitor!r} is logged for data.format=voc "
                           f"only: choose one of {_choices_text(MONITORS['detection'])}")
 
 
+def _schedule_lengths(r: cfg.Recipe) -> None:
+    """Warm-up in one unit, shorter than the run; the head-only phase shorter than the run
+    and not combined with progressive unfreezing."""
+    t = r.train
+    if t.warmup_epochs > 0 and t.warmup_steps > 0:
+        raise ConfigError(f"train.warmup_epochs={t.warmup_epochs:g} and train.warmup_steps="
+                          f"{t.warmup_steps} are both set: give the warm-up in one of them")
+    if t.epochs and t.warmup_epochs >= t.epochs:
+        raise ConfigError(f"train.warmup_epochs={t.warmup_epochs:g} is as long as the run "
+                          f"(train.epochs={t.epochs}): the learning rate would never reach "
+                          "train.learning_rate")
+    if t.head_epochs and t.unfreeze_every:
+        raise ConfigError(f"train.head_epochs={t.head_epochs} and train.unfreeze_every="
+                          f"{t.unfreeze_every} are two freezing schedules: use one")
+    if t.epochs and t.head_epochs >= t.epochs:
+        raise ConfigError(f"train.head_epochs={t.head_epochs} leaves no epoch to fine-tune "
+                          f"the backbone (train.epochs={t.epochs})")
+
+
 _CROSS_CHECKS: tuple[Callable[[cfg.Recipe], None], ...] = (
     _data_root, _detection_format, _export_formats, _step_schedule, _model_hash, _model_stages,
-    _selection_needs_evaluation, _monitor)
+    _selection_needs_evaluation, _monitor, _schedule_lengths)

@@ -17,12 +17,14 @@ Detection:
 """
 
 from kft.data.augment import (
+    AUGMENT_PRESETS,
     ClassificationAugment,
     RandomBlur,
     RandomFlip,
     RandomGaussianNoise,
     RandomRotate90,
     RandomTranspose,
+    classification_augment,
 )
 from kft.data.detection_pipeline import (
     DetectionBatches,
@@ -61,7 +63,9 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "SHAPES",
     "Batches",
+    "AUGMENT_PRESETS",
     "ClassificationAugment",
+    "classification_augment",
     "ClassificationSplit",
     "DataReport",
     "RandomBlur",

@@ -1,4 +1,5 @@
-"""D4 classification augmentation as Keras layers, seedable per call.
+"""Classification augmentation as Keras layers, seedable per call: the guide's D4 recipe and
+the presets by kind of image (:func:`classification_augment`, ``data.augment``).
 
 The guide's albumentations recipe, one layer per transform, each choosing independently for every
 image of the batch::
@@ -389,3 +390,160 @@ class ClassificationAugment(_RandomImageLayer):
         config.pop("p")
         return {**config, "rotate90": self.rotate90, "flip": self.flip,
                 "transpose": self.transpose, "noise": self.noise, "blur": self.blur}
+
+
+# ---------------------------------------------------------------------------------------------
+# Presets by kind of image (data.augment)
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class RandomHorizontalFlip(_RandomImageLayer):
+    """With probability ``p`` per image, mirrors left-right (the one flip natural photos
+    tolerate: a mirrored photo is still a plausible photo, an upside-down one rarely)."""
+
+    needs_square = False
+
+    def augment(self, images, seed):
+        batch = tf.shape(images)[0]
+        no = tf.zeros([batch], tf.bool)
+        return apply_d4(images, no, no, _coin(seed, batch, self.p))
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class RandomResizedCrop(_RandomImageLayer):
+    """With probability ``p`` per image, crops a random box of ``scale`` (a fraction of the
+    image area) and aspect ratio ``ratio`` (width / height, log-uniform) and resizes it back to
+    the image size (bilinear), as torchvision's ``RandomResizedCrop`` in its crop-and-resize
+    form. A box that would not fit is shrunk to fit; unselected images are returned as they
+    are."""
+
+    def __init__(self, p: float = 1.0, scale=(0.35, 1.0), ratio=(3 / 4, 4 / 3), seed=None,
+                 **kwargs):
+        super().__init__(p=p, seed=seed, **kwargs)
+        lo, hi = (float(v) for v in scale)
+        r_lo, r_hi = (float(v) for v in ratio)
+        if not 0.0 < lo <= hi <= 1.0 or not 0.0 < r_lo <= r_hi:
+            raise ValueError(f"RandomResizedCrop: scale={scale} must be 0 < low <= high <= 1 "
+                             f"and ratio={ratio} 0 < low <= high")
+        self.scale, self.ratio = (lo, hi), (r_lo, r_hi)
+
+    def augment(self, images, seed):
+        s_apply, s_area, s_ratio, s_y, s_x = _seeds(seed, 5)
+        shape = tf.shape(images)
+        batch = shape[0]
+        h, w = tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
+        area = tf.random.stateless_uniform([batch], s_area, *self.scale)
+        log_r = tf.random.stateless_uniform([batch], s_ratio, math.log(self.ratio[0]),
+                                            math.log(self.ratio[1]))
+        ratio = tf.exp(log_r) * h / w  # width/height in pixels -> in normalised units
+        # normalised crop height/width with ch * cw = area and cw / ch = ratio
+        ch = tf.minimum(tf.sqrt(area / ratio), 1.0)
+        cw = tf.minimum(tf.sqrt(area * ratio), 1.0)
+        y0 = tf.random.stateless_uniform([batch], s_y) * (1.0 - ch)
+        x0 = tf.random.stateless_uniform([batch], s_x) * (1.0 - cw)
+        boxes = tf.stack([y0, x0, y0 + ch, x0 + cw], axis=1)
+        full = tf.constant([[0.0, 0.0, 1.0, 1.0]])
+        boxes = tf.where(_coin(s_apply, batch, self.p)[:, None], boxes, full)
+        out = tf.image.crop_and_resize(images, boxes, tf.range(batch), shape[1:3])
+        return tf.clip_by_value(out, 0.0, 255.0)
+
+    def get_config(self):
+        return {**super().get_config(), "scale": list(self.scale), "ratio": list(self.ratio)}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class RandomColor(_RandomImageLayer):
+    """With probability ``p`` per image, jitters brightness (+/- ``brightness`` x 255),
+    contrast (x [1 - c, 1 + c] about the image mean) and saturation (x [1 - s, 1 + s] about
+    the grey value), as torchvision's ``ColorJitter`` (fixed order); clipped to 0..255."""
+
+    def __init__(self, p: float = 0.8, brightness: float = 0.2, contrast: float = 0.2,
+                 saturation: float = 0.2, seed=None, **kwargs):
+        super().__init__(p=p, seed=seed, **kwargs)
+        values = [float(brightness), float(contrast), float(saturation)]
+        if min(values) < 0 or max(values[1:]) >= 1:
+            raise ValueError(f"RandomColor: brightness/contrast/saturation {values} must be "
+                             ">= 0, contrast and saturation < 1")
+        self.brightness, self.contrast, self.saturation = values
+
+    def augment(self, images, seed):
+        s_apply, s_b, s_c, s_s = _seeds(seed, 4)
+        batch = tf.shape(images)[0]
+
+        def factor(s, amount):
+            return tf.random.stateless_uniform([batch, 1, 1, 1], s, 1.0 - amount, 1.0 + amount)
+
+        on = tf.cast(_coin(s_apply, batch, self.p), tf.float32)[:, None, None, None]
+        delta = tf.random.stateless_uniform([batch, 1, 1, 1], s_b, -self.brightness,
+                                            self.brightness) * 255.0
+        x = images + delta * on
+        mean = tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
+        x = mean + (x - mean) * (1.0 + (factor(s_c, self.contrast) - 1.0) * on)
+        if images.shape[-1] == 3:
+            grey = tf.reduce_sum(x * tf.constant([0.299, 0.587, 0.114]), axis=-1, keepdims=True)
+            x = grey + (x - grey) * (1.0 + (factor(s_s, self.saturation) - 1.0) * on)
+        return tf.clip_by_value(x, 0.0, 255.0)
+
+    def get_config(self):
+        return {**super().get_config(), "brightness": self.brightness,
+                "contrast": self.contrast, "saturation": self.saturation}
+
+
+@keras.saving.register_keras_serializable(package=_PACKAGE)
+class AugmentChain(_RandomImageLayer):
+    """Applies ``stages`` (kft augmentation layers) in order, each with its own seed derived
+    from the call's seed."""
+
+    def __init__(self, stages, seed=None, **kwargs):
+        kwargs.pop("p", None)
+        super().__init__(p=1.0, seed=seed, **kwargs)
+        self.stages = [s if isinstance(s, keras.layers.Layer)
+                       else keras.saving.deserialize_keras_object(s) for s in stages]
+
+    def augment(self, images, seed):
+        for stage, stage_seed in zip(self.stages, _seeds(seed, max(len(self.stages), 1)),
+                                     strict=False):
+            if stage.p > 0.0:
+                images = stage.augment(images, stage_seed)
+        return images
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("p")
+        return {**config, "stages": [keras.saving.serialize_keras_object(s)
+                                     for s in self.stages]}
+
+
+# data.augment: which transforms suit which images (README "Augmentation presets").
+AUGMENT_PRESETS = ("natural", "orientation", "guide", "none")
+LEGACY_AUGMENT = {True: "guide", False: "none", "true": "guide", "false": "none"}
+
+
+def classification_augment(preset, seed: int | None = None):
+    """The augmentation layer of a preset (``None`` for ``"none"``).
+
+    * ``natural`` (photos): left-right flip, random resized crop (35-100 % of the area),
+      colour jitter (brightness, contrast, saturation 0.3).
+    * ``orientation`` (digits, documents, medical scans: where up, down, left and right
+      matter): a mild crop (80-100 % of the area, near-square) and brightness/contrast
+      jitter; no flip, rotation or transposition.
+    * ``guide``: the guide's full D4 recipe (:class:`ClassificationAugment`).
+    * ``none``.
+
+    ``True``/``False`` (older recipes' ``data.augment``) mean ``guide``/``none``.
+    """
+    name = LEGACY_AUGMENT.get(preset, preset) if isinstance(preset, (bool, str)) else preset
+    if name == "none":
+        return None
+    if name == "guide":
+        return ClassificationAugment(seed=seed)
+    if name == "natural":
+        return AugmentChain([RandomHorizontalFlip(0.5, name="hflip"),
+                             RandomResizedCrop(1.0, scale=(0.35, 1.0), name="crop"),
+                             RandomColor(0.8, 0.3, 0.3, 0.3, name="colour")], seed=seed)
+    if name == "orientation":
+        return AugmentChain([RandomResizedCrop(1.0, scale=(0.8, 1.0), ratio=(0.9, 1.1),
+                                               name="crop"),
+                             RandomColor(0.8, 0.2, 0.2, 0.0, name="colour")], seed=seed)
+    raise ValueError(f"augment={preset!r} must be one of {', '.join(AUGMENT_PRESETS)} "
+                     "(or true/false)")

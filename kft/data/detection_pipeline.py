@@ -3,12 +3,13 @@
 Training::
 
     Dataset.range(initial_epoch, epochs).flat_map(epoch e ->
-        permutation of the records from stateless_shuffle(seed, e), first steps * batch_size
+        permutation of the records from stateless_shuffle(seed, e), the last batch filled
+        from a second permutation (kft.data.sampling: every record once per epoch)
         -> per example (parallel, deterministic order):
              decode image (+ masks) -> drop difficult (optional)
              -> augment(data, seed=f(seed, e, record index))      original pixels
              -> resize (+ pad) -> scale/clip boxes -> drop boxes < 1 px -> cap -> pad to M
-        -> batch(batch_size, drop_remainder=True)
+        -> batch(batch_size)  (always full: static B)
         -> batch_augment(batch, seed=f(seed, e, batch index))   (optional: CutMix, Mosaic...)
         -> (x, y) or (x, y, meta))
     -> prefetch
@@ -59,6 +60,7 @@ from keras import layers, ops
 
 from kft.data.pipeline import decode_file, image_hw
 from kft.data.readers.detection import DetectionSplit, decode_masks
+from kft.data.sampling import epoch_order, steps_per_epoch
 
 AUTOTUNE = tf.data.AUTOTUNE
 RESIZE_MODES = ("fixed", "keep_aspect")
@@ -538,15 +540,13 @@ def _example_fn(src: _Source, opts: _Options, training: bool, epoch_seed=None):
 
 
 def _training(src: _Source, opts: _Options, epochs: int, initial_epoch: int):
-    steps = src.n // opts.batch_size
     base = _base_seed(opts.seed)
     batch_augment = opts.batch_augment
     pass_seed = batch_augment is not None and _accepts_seed(batch_augment)
 
     def epoch(e):
         epoch_seed = _fold(base, e)
-        order = tf.random.experimental.stateless_shuffle(
-            tf.range(src.n), _fold(epoch_seed, _TAG_SHUFFLE))[:steps * opts.batch_size]
+        order = epoch_order(src.n, opts.batch_size, _fold(epoch_seed, _TAG_SHUFFLE))
         ds = tf.data.Dataset.from_tensor_slices(order).map(
             _example_fn(src, opts, True, epoch_seed), AUTOTUNE, deterministic=True)
         ds = ds.batch(opts.batch_size, drop_remainder=True)
@@ -604,9 +604,6 @@ def _check_args(split, batch_size, max_instances, training, epochs, initial_epoc
         raise ValueError(f"max_instances={max_instances} must be >= 1")
     if training and not 0 <= initial_epoch <= epochs:
         raise ValueError(f"initial_epoch={initial_epoch} must be in [0, epochs={epochs}]")
-    if training and len(split) < batch_size:
-        raise ValueError(f"the training split has {len(split)} examples, fewer than "
-                         f"batch_size={batch_size} (train.batch_size): no full batch")
 
 
 def detection_batches(split: DetectionSplit, *, image_size, resize: str = "fixed",
@@ -625,7 +622,8 @@ def detection_batches(split: DetectionSplit, *, image_size, resize: str = "fixed
         batch_size: examples per batch.
         max_instances: M, ground-truth rows per image (padding label -1).
         training: True: per-epoch permutation, ``augment``/``batch_augment`` and difficult
-            dropping, ``epochs - initial_epoch`` epochs of ``n // batch_size`` full batches.
+            dropping, ``epochs - initial_epoch`` epochs of ``ceil(n / batch_size)`` full
+            batches, every record at least once per epoch (:mod:`kft.data.sampling`).
             False: one pass in record order, last batch partial, none of those.
         seed: seeds the order and every augmentation seed.
         augment: per example, *before* resizing, called as ``augment(data, seed=int32 [2])``
@@ -666,8 +664,8 @@ def detection_batches(split: DetectionSplit, *, image_size, resize: str = "fixed
           "difficult", "iscrowd": bool [B,M], "num_objects": i32 [B] (usable objects before
           the max_instances cap)}``.
 
-        ``B`` is static in training (drop_remainder). ``steps`` is ``n // batch_size``
-        (training) or ``ceil(n / batch_size)``.
+        ``B`` is static in training (the last batch filled, :mod:`kft.data.sampling`).
+        ``steps`` is ``ceil(n / batch_size)`` in both modes.
     """
     _check_args(split, batch_size, max_instances, training, epochs, initial_epoch)
     spec = resize_spec(image_size, resize, pad_size)
@@ -680,7 +678,7 @@ def detection_batches(split: DetectionSplit, *, image_size, resize: str = "fixed
     src = _make_source(split, with_masks, cache)
     n = src.n
     if training:
-        ds, steps = _training(src, opts, epochs, initial_epoch), n // batch_size
+        ds, steps = _training(src, opts, epochs, initial_epoch), steps_per_epoch(n, batch_size)
     else:
         ds, steps = _evaluation(src, opts), -(-n // batch_size)
     return DetectionBatches(ds.prefetch(AUTOTUNE), steps, n, spec.out_hw, *capped)

@@ -3,7 +3,8 @@
 Training::
 
     Dataset.range(initial_epoch, epochs).flat_map(epoch e ->
-        permutation of the examples from stateless_shuffle(seed, e), first steps * batch_size
+        permutation of the examples from stateless_shuffle(seed, e), the last batch filled
+        from a second permutation (kft.data.sampling: every example once per epoch)
         -> parallel decode + resize (deterministic order) -> batch(batch_size)
         -> augment(batch, seed=f(seed, e, batch index)) -> (float32 images, one-hot labels))
     -> prefetch
@@ -38,6 +39,7 @@ import numpy as np
 import tensorflow as tf
 
 from kft.data.readers.folder import ClassificationSplit
+from kft.data.sampling import epoch_order, steps_per_epoch
 
 AUTOTUNE = tf.data.AUTOTUNE
 MAX_TABLE_BYTES = 2 << 30  # raw images read into memory for an exact shuffle, above: windows
@@ -213,18 +215,20 @@ def _finish(ds: tf.data.Dataset, num_classes: int) -> tf.data.Dataset:
 
 def _training(src: _Source, batch_size, num_classes, seed, augment, epochs, initial_epoch,
               shuffle_buffer) -> tf.data.Dataset:
-    steps = src.n // batch_size
+    steps = steps_per_epoch(src.n, batch_size)
     base = _base_seed(seed)
     window = int(shuffle_buffer or DEFAULT_WINDOW)
 
     def epoch(e):
         if src.load is not None:
-            order = tf.random.experimental.stateless_shuffle(
-                tf.range(src.n), _fold(base, _TAG_SHUFFLE, e))[:steps * batch_size]
+            order = epoch_order(src.n, batch_size, _fold(base, _TAG_SHUFFLE, e))
             ds = tf.data.Dataset.from_tensor_slices(order).map(src.load, AUTOTUNE,
                                                                deterministic=True)
         else:
             ds = _window_shuffle(src.stream, window, _fold(base, _TAG_WINDOW, e))
+            # the last batch is filled from the start of the next shuffled pass
+            ds = ds.concatenate(_window_shuffle(src.stream, window,
+                                                _fold(base, _TAG_WINDOW, e, 1)))
             ds = ds.take(steps * batch_size)
         ds = _finish(ds.batch(batch_size, drop_remainder=True), num_classes)
         if augment is None:
@@ -279,7 +283,8 @@ def classification_batches(source, *, image_size, batch_size: int, num_classes: 
         batch_size: examples per batch.
         num_classes: one-hot depth.
         training: True: shuffled, augmented, ``epochs - initial_epoch`` epochs of
-            ``n // batch_size`` full batches. False: one pass in order, last batch partial,
+            ``ceil(n / batch_size)`` full batches, every example at least once per epoch (the
+            last batch is filled with examples drawn again, :mod:`kft.data.sampling`). False: one pass in order, last batch partial,
             no augmentation.
         seed: seeds the per-epoch order and the augmentation.
         augment: a layer called as ``augment(images, seed=int64 [2])`` (e.g.
@@ -291,7 +296,7 @@ def classification_batches(source, *, image_size, batch_size: int, num_classes: 
 
     Returns:
         :class:`Batches` yielding ``(float32 [B,h,w,3] 0..255, float32 [B,num_classes])``;
-        ``steps`` is ``n // batch_size`` (training) or ``ceil(n / batch_size)``.
+        ``steps`` is ``ceil(n / batch_size)`` in both modes.
     """
     hw = image_hw(image_size)
     if batch_size < 1:
@@ -303,10 +308,7 @@ def classification_batches(source, *, image_size, batch_size: int, num_classes: 
         return Batches(ds.prefetch(AUTOTUNE), -(-n // batch_size), n)
     if not 0 <= initial_epoch <= epochs:
         raise ValueError(f"initial_epoch={initial_epoch} must be in [0, epochs={epochs}]")
-    if n < batch_size:
-        raise ValueError(f"the training split has {n} examples, fewer than batch_size="
-                         f"{batch_size} (train.batch_size): no full batch can be made")
     src = _source(source, hw, cache)
     ds = _training(src, batch_size, num_classes, seed, augment, epochs, initial_epoch,
                    shuffle_buffer)
-    return Batches(ds.prefetch(AUTOTUNE), n // batch_size, n)
+    return Batches(ds.prefetch(AUTOTUNE), steps_per_epoch(n, batch_size), n)

@@ -6,9 +6,10 @@ Conventions:
   also accepted and reduced with ``argmax``).
 * ``logits`` is ``float[N, C]`` (logits or probabilities: only the order within a row matters).
 * The prediction is ``argmax`` over classes (lowest index wins a tie).
-* ``top5_accuracy`` uses ``k = min(5, C)`` (the ``k`` used is returned as ``top_k``). The true
-  class counts as inside the top ``k`` when fewer than ``k`` classes have a strictly larger
-  score, so ties at the boundary count as hits (as ``tf.math.in_top_k`` does).
+* ``top5_accuracy`` (with ``top_k`` = 5) is reported only for more than 5 classes: with 5 or
+  fewer, every prediction is in the top 5 and the number says nothing. The true class counts as
+  inside the top 5 when fewer than 5 classes have a strictly larger score, so ties at the
+  boundary count as hits (as ``tf.math.in_top_k`` does).
 * Per-class precision / recall / F1 use ``0.0`` where the ratio is undefined (``0 / 0``), like
   scikit-learn's ``zero_division=0``.
 * ``macro_f1`` is the unweighted mean of per-class F1 over the classes that occur in the ground
@@ -38,7 +39,7 @@ def classification_metrics(y_true, logits, class_names: Sequence[str]) -> dict:
         class_names: the ``C`` class names, in index order.
 
     Returns:
-        ``{"num_examples": N, "accuracy", "top5_accuracy", "top_k", "macro_f1",
+        ``{"num_examples": N, "accuracy", "top5_accuracy" and "top_k" (C > 5), "macro_f1",
         "per_class": {name: {"precision", "recall", "f1", "support"}},
         "confusion_matrix": int[C][C] (rows = true class, columns = predicted)}``.
 
@@ -55,16 +56,13 @@ def classification_metrics(y_true, logits, class_names: Sequence[str]) -> dict:
     cm = confusion_matrix(labels, predicted, len(names))
     per_class, f1 = _per_class_scores(cm, names)
     present = (cm.sum(axis=0) + cm.sum(axis=1)) > 0
-    k = min(TOP_K, len(names))
-    return {
-        "num_examples": int(labels.size),
-        "accuracy": float(np.mean(predicted == labels)),
-        "top5_accuracy": top_k_accuracy(labels, scores, k),
-        "top_k": k,
-        "macro_f1": float(np.mean(f1[present])),
-        "per_class": per_class,
-        "confusion_matrix": cm.tolist(),
-    }
+    out = {"num_examples": int(labels.size),
+           "accuracy": float(np.mean(predicted == labels))}
+    if len(names) > TOP_K:
+        out.update(top5_accuracy=top_k_accuracy(labels, scores, TOP_K), top_k=TOP_K)
+    out.update(macro_f1=float(np.mean(f1[present])), per_class=per_class,
+               confusion_matrix=cm.tolist())
+    return out
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:

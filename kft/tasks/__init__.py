@@ -49,6 +49,9 @@ class TaskData:
     val_description: str = ""
     selection_description: str | None = None
     batches: dict = field(default_factory=dict)  # the task's batches, built once per split
+    # recipe values the reading settled (format detected, class names inferred, ...): a list
+    # of kft.train.plan.Change, applied to the recipe and recorded in config.json
+    resolved: list = field(default_factory=list)
 
 
 class Task(abc.ABC):
@@ -67,6 +70,11 @@ class Task(abc.ABC):
 
     def before_training(self, model, data: TaskData, recipe: cfg.Recipe) -> None:
         """Cheap checks on the freshly built model before the first epoch (default none)."""
+        return None
+
+    def stalled_hint(self, data: TaskData, recipe: cfg.Recipe):
+        """A callback printing what to check when the loss falls but the monitored metric
+        stays near zero (:class:`kft.train.callbacks.StalledMetricHint`), or None."""
         return None
 
     def compile_arguments(self, recipe: cfg.Recipe, data: TaskData) -> dict:

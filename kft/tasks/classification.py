@@ -11,9 +11,9 @@ import numpy as np
 
 from kft import config as cfg
 from kft.data import (
-    ClassificationAugment,
     ClassificationSplit,
     DataReport,
+    classification_augment,
     classification_batches,
     load_tfds,
     make_shapes_classification,
@@ -109,14 +109,13 @@ def build_model(model_cfg: cfg.Model, num_classes: int, image_size: int) -> ResN
 
 def compile_arguments(train: cfg.Train, num_classes: int) -> dict:
     """The loss and metrics a classifier compiles with (label smoothing from the recipe)."""
+    top5 = ([keras.metrics.TopKCategoricalAccuracy(k=5, name="top5_accuracy")]
+            if num_classes > 5 else [])  # with 5 classes or fewer it is always 1
     return {
         "loss": keras.losses.CategoricalCrossentropy(from_logits=True,
                                                      label_smoothing=train.label_smoothing),
-        "metrics": [
-            keras.metrics.CategoricalAccuracy(name="accuracy"),
-            keras.metrics.TopKCategoricalAccuracy(k=min(5, num_classes), name="top5_accuracy"),
-            keras.metrics.F1Score(average="macro", name="macro_f1"),
-        ]}
+        "metrics": [keras.metrics.CategoricalAccuracy(name="accuracy"), *top5,
+                    keras.metrics.F1Score(average="macro", name="macro_f1")]}
 
 
 def compile_model(model, train: cfg.Train, steps_per_epoch: int, num_classes: int) -> list:
@@ -192,7 +191,7 @@ class ClassificationTask(Task):
 
     def train_batches(self, data, recipe, initial_epoch):
         d, t = recipe.data, recipe.train
-        augment = ClassificationAugment(seed=t.seed) if d.augment else None
+        augment = classification_augment(d.augment, seed=t.seed)
         return self._batches(data.train, recipe, data, batch_size=t.batch_size, training=True,
                              augment=augment, cache=d.cache, epochs=t.epochs,
                              initial_epoch=min(initial_epoch, t.epochs - 1),
@@ -236,11 +235,19 @@ class ClassificationTask(Task):
                                  num_calibration=samples, keras_metrics=keras_metrics)
 
     def headline_metrics(self, metrics):
-        return {k: metrics[k] for k in ("accuracy", "top5_accuracy", "macro_f1")}
+        return {k: metrics[k] for k in ("accuracy", "top5_accuracy", "macro_f1") if k in metrics}
 
     def metrics_line(self, metrics):
-        return (f"accuracy {metrics['accuracy']:.4f}  top-5 {metrics['top5_accuracy']:.4f}  "
+        top5 = (f"  top-5 {metrics['top5_accuracy']:.4f}" if "top5_accuracy" in metrics else "")
+        return (f"accuracy {metrics['accuracy']:.4f}{top5}  "
                 f"macro-F1 {metrics['macro_f1']:.4f}  ({metrics['num_examples']} images)")
+
+    def stalled_hint(self, data, recipe):
+        from kft.train.callbacks import StalledMetricHint
+
+        chance = 1.0 / max(len(data.class_names), 1)
+        return StalledMetricHint("val_accuracy", min(1.5 * chance, 0.99),
+                                 what=f"val accuracy (chance {chance:.2f})")
 
     def export_lines(self, export_report):
         return [f"{fmt:9s}  accuracy {r['accuracy']:.4f}  size {r.get('size_mb', 0):.2f} MB"

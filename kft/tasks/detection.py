@@ -106,26 +106,7 @@ def build_detector(m: cfg.Model, t: cfg.Train, e: cfg.Eval, num_classes: int,
             nms_iou_threshold=e.nms_iou_threshold, max_detections=e.max_detections)
     except ArchError as err:
         raise cfg.ConfigError(f"model.{err}") from None
-    if m.bn_momentum:
-        set_bn_momentum(model, m.bn_momentum)
     return model
-
-
-def set_bn_momentum(model: keras.Model, momentum: float) -> int:
-    """Sets the moving-statistics momentum of every BatchNormalization layer; returns how many.
-
-    keras.applications networks use 0.999, which suits fine-tuning a pretrained backbone; from
-    random weights and a few hundred steps it leaves the moving statistics near their initial
-    values, so inference-mode outputs would not reflect what was learnt (use e.g. 0.9 there).
-    """
-    if not 0.0 < momentum < 1.0:
-        raise cfg.ConfigError(f"model.bn_momentum={momentum} must be in (0, 1)")
-    count = 0
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.momentum = float(momentum)
-            count += 1
-    return count
 
 
 def _generated(root: str) -> bool:
@@ -255,6 +236,13 @@ class DetectionTask(Task):
             split, batches = data.selection, _batches(data.selection, recipe)
         return None, [COCOEvalCallback(split, batches.dataset, every=e.every,
                                        voc=recipe.data.format == "voc")]
+
+    def stalled_hint(self, data, recipe):
+        from kft.train.callbacks import StalledMetricHint
+
+        if recipe.eval.every == 0:
+            return None
+        return StalledMetricHint("val_bbox_AP50", 0.02, what="val bbox AP50")
 
     def train_batches(self, data, recipe, initial_epoch):
         d, t = recipe.data, recipe.train

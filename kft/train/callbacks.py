@@ -1,5 +1,5 @@
 """Training callbacks: atomic resumable checkpoints, NaN stop, learning-rate logging,
-early stopping that survives a resume.
+early stopping that survives a resume, the 1-based history CSV, the stalled-metric hint.
 
 Checkpoint layout (``run/checkpoints``)::
 
@@ -188,3 +188,52 @@ def restore_checkpoint(model, directory, early_stopping: ResumableEarlyStopping 
                 weights = [data[f"arr_{i}"] for i in range(len(data.files))]
         early_stopping.restore(state["early_stopping"], weights)
     return state
+
+
+class HistoryCSV(keras.callbacks.CSVLogger):
+    """``keras.callbacks.CSVLogger`` numbering epochs from 1, as the progress bar and the
+    checkpoints do (row ``epoch=3`` is the third epoch)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch + 1, logs)
+
+
+# E7: what to check when the model learns (loss falls) but its evaluation stays near zero.
+STALLED_CHECKS = (
+    "BatchNorm statistics: a short run with momentum 0.999 evaluates with the initial moving "
+    "averages (model.bn_momentum=0 chooses it from the run length)",
+    "labels and class names: data_report.json lists skipped objects and the class names read",
+    "box format: boxes must be xyxy pixels of the image (VOC 1-based, COCO xywh are converted "
+    "by the readers)",
+    "that the weights really loaded: load_report.json says what model.load_from reused",
+)
+
+
+class StalledMetricHint(keras.callbacks.Callback):
+    """Prints what to check (:data:`STALLED_CHECKS`) once, when the training loss has fallen
+    by a third or more since the first epoch while ``metric`` stayed at or below ``floor``
+    for two evaluations in a row."""
+
+    def __init__(self, metric: str, floor: float, what: str = ""):
+        super().__init__()
+        self.metric, self.floor, self.what = metric, float(floor), what or metric
+        self.first_loss = None
+        self.low = 0
+        self.printed = False
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        loss = logs.get("loss")
+        if loss is not None and math.isfinite(float(loss)) and self.first_loss is None:
+            self.first_loss = float(loss)
+        value = logs.get(self.metric)
+        if value is None or not math.isfinite(float(value)):
+            return
+        self.low = self.low + 1 if float(value) <= self.floor else 0
+        falling = (self.first_loss is not None and loss is not None
+                   and float(loss) <= self.first_loss * 2 / 3)
+        if self.low >= 2 and falling and not self.printed:
+            self.printed = True
+            print(f"\n[kft] the training loss fell from {self.first_loss:.4g} to "
+                  f"{float(loss):.4g} but {self.what} is still {float(value):.4f}: check\n"
+                  + "\n".join(f"  - {line}" for line in STALLED_CHECKS))

@@ -161,3 +161,40 @@ class ProgressiveUnfreeze(keras.callbacks.Callback):
         self.model.make_train_function(force=True)
         if self.verbose:
             print(f"\n[kft] epoch {epoch + 1}: trainable backbone stages -> {stages}")
+
+
+def scaled_backbone_lrs(model, scale: float, base_lr: float, layer_lrs: dict) -> dict:
+    """``train.layer_lrs`` with every backbone stage not named there at ``base_lr * scale``
+    (``train.backbone_lr_scale``; 1 leaves ``layer_lrs`` as it is)."""
+    if scale == 1.0:
+        return dict(layer_lrs)
+    names, _ = _stage_api(model.backbone)
+    return {**{stage: base_lr * scale for stage in names}, **layer_lrs}
+
+
+class HeadFirst(keras.callbacks.Callback):
+    """The fine-tuning policy of fastai's ``fine_tune`` and the guide's T1: the backbone is
+    frozen for the first ``head_epochs`` epochs (only the new head and layers outside the
+    backbone train), then ``stages`` train (``train.trainable_stages``).
+
+    A pure function of the epoch, so a resumed run freezes exactly as an uninterrupted one.
+    The optimiser must be built on :func:`candidate_trainable_variables`.
+    """
+
+    def __init__(self, head_epochs: int, stages, verbose: bool = True):
+        super().__init__()
+        self.head_epochs, self.stages, self.verbose = int(head_epochs), tuple(stages), verbose
+
+    def stages_at(self, epoch: int) -> list[str]:
+        return [] if epoch < self.head_epochs else resolve_stages(self.model, self.stages)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        stages = self.stages_at(epoch)
+        if stages == trainable_stages(self.model):
+            return
+        set_trainable_stages(self.model, stages or ("none",))
+        self.model.make_train_function(force=True)
+        if self.verbose:
+            what = "only the head trains (backbone frozen)" if not stages else (
+                f"trainable backbone stages -> {stages}")
+            print(f"\n[kft] epoch {epoch + 1}: {what}")

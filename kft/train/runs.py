@@ -39,6 +39,7 @@ from kft import config as cfg
 from kft.models.weights import load_from, summarize
 from kft.train.callbacks import (
     EpochCheckpoint,
+    HistoryCSV,
     LearningRateLogger,
     ResumableEarlyStopping,
     StopOnNaN,
@@ -46,11 +47,14 @@ from kft.train.callbacks import (
     restore_checkpoint,
 )
 from kft.train.finetune import (
+    HeadFirst,
     ProgressiveUnfreeze,
     candidate_trainable_variables,
+    scaled_backbone_lrs,
     set_trainable_stages,
     stage_lr_multipliers,
 )
+from kft.train.plan import plan_bn_momentum, plan_training
 from kft.train.optimizers import build_optimizer
 from kft.train.schedules import build_schedule
 
@@ -92,18 +96,26 @@ def set_precision(policy: str):
 
 
 def compile_for_training(model, t: cfg.Train, steps_per_epoch: int, **compile_kwargs) -> list:
-    """Freezes backbone stages (T1), builds the schedule (T3) and the optimiser with layer-wise
+    """Freezes backbone stages (T1; the first ``train.head_epochs`` train only the head),
+    builds the schedule (T3) and the optimiser with layer-wise
     learning rates (T2), weight decay, clipping (T4) and accumulation (T6), compiles, and builds
     the optimiser on every variable that may ever train. Returns the callbacks the freezing
     schedule needs (progressive unfreezing, ``train.unfreeze_every``)."""
     extra = []
-    if t.unfreeze_every > 0:
+    if t.head_epochs > 0:
+        print(f"[kft] epochs 1-{t.head_epochs} train only the new head, the backbone frozen "
+              f"(train.head_epochs); then stages {','.join(t.trainable_stages)} at "
+              f"{t.backbone_lr_scale:g} x the learning rate (train.backbone_lr_scale)")
+        set_trainable_stages(model, ("none",))
+        extra.append(HeadFirst(t.head_epochs, t.trainable_stages))
+    elif t.unfreeze_every > 0:
         initial = 0 if tuple(t.trainable_stages) in (("none",), ()) else len(
             set_trainable_stages(model, t.trainable_stages))
         extra.append(ProgressiveUnfreeze(initial, t.unfreeze_every, t.unfreeze_per_round))
     else:
         set_trainable_stages(model, t.trainable_stages)
-    multipliers = stage_lr_multipliers(model, t.layer_lrs, t.learning_rate)
+    layer_lrs = scaled_backbone_lrs(model, t.backbone_lr_scale, t.learning_rate, t.layer_lrs)
+    multipliers = stage_lr_multipliers(model, layer_lrs, t.learning_rate)
     optimizer = build_optimizer(
         t.optimizer, build_schedule(t, steps_per_epoch), momentum=t.momentum,
         nesterov=t.nesterov, weight_decay=t.weight_decay, clipnorm=t.clipnorm,
@@ -131,8 +143,7 @@ def training_callbacks(t: cfg.Train, ckpt_dir: Path, monitor: str, run_dir: Path
     nan_stop = StopOnNaN()
     truncate_history(run_dir / "history.csv", initial_epoch)
     callbacks += [nan_stop,
-                  keras.callbacks.CSVLogger(str(run_dir / "history.csv"),
-                                            append=initial_epoch > 0),
+                  HistoryCSV(str(run_dir / "history.csv"), append=initial_epoch > 0),
                   EpochCheckpoint(ckpt_dir, early_stopping=es),
                   keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs"))]
     return callbacks, es, nan_stop
@@ -187,14 +198,15 @@ def fit(model, train_batches, validation_data, t: cfg.Train, callbacks, initial_
 
 
 def truncate_history(path: Path, epochs: int):
-    """Drops rows of epochs that were run after the last checkpoint (a killed run)."""
+    """Drops rows of epochs that were run after the last checkpoint (a killed run): rows are
+    numbered from 1, so the first ``epochs`` rows stay."""
     if not path.is_file():
         return
     with open(path) as f:
         rows = list(csv.reader(f))
     if not rows:
         return
-    keep = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) < epochs]
+    keep = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= epochs]
     with open(path, "w", newline="") as f:
         csv.writer(f).writerows(keep)
 
@@ -226,34 +238,44 @@ def run_task(task, recipe: cfg.Recipe, run_dir: str | Path, resume: bool = False
     t0 = time.time()
     run_dir = Path(run_dir)
     ckpt_dir = prepare_run_dir(run_dir, resume)
-    cfg.save_json(recipe, run_dir / "config.json")
+    previous = cfg.resolved_record(run_dir / "config.json") if resume else {}
+    cfg.save_json(recipe, run_dir / "config.json", resolved=previous)
     keras.utils.set_random_seed(recipe.train.seed)
     set_precision(recipe.train.mixed_precision)
     try:
-        return _run_task(task, recipe, run_dir, ckpt_dir, resume, verbose, t0)
+        return _run_task(task, recipe, run_dir, ckpt_dir, resume, verbose, t0, previous)
     finally:
         keras.config.set_dtype_policy("float32")
 
 
-def _run_task(task, recipe, run_dir, ckpt_dir, resume, verbose, t0):
-    t, e = recipe.train, recipe.eval
+def _run_task(task, recipe, run_dir, ckpt_dir, resume, verbose, t0, previous):
     data = task.read(recipe, run_dir, "train")
     (run_dir / "data_report.json").write_text(json.dumps(data.report, indent=2))
     (run_dir / "class_names.json").write_text(json.dumps(data.class_names))
 
+    recipe, changes, steps = plan_training(apply_changes(recipe, data.resolved),
+                                           data.num_train)
+    changes = list(data.resolved) + changes
+    t, e = recipe.train, recipe.eval
     model = task.build_model(recipe, data)
     prepare_model(model, recipe.model, run_dir, ckpt_dir)
+    # the momentum is recorded, not written into model.bn_momentum: a resumed run derives
+    # the same value from the same run length
+    bn = plan_bn_momentum(model, recipe.model.bn_momentum, t.epochs * steps)
+    changes += [bn] if bn is not None else []
+    for change in changes:
+        print(change.line())
+    cfg.save_json(recipe, run_dir / "config.json",
+                  resolved={**previous, **{c.key: c.to_dict() for c in changes}})
     task.before_training(model, data, recipe)
 
-    steps = data.num_train // t.batch_size
-    if steps < 1:
-        raise cfg.ConfigError(f"train.batch_size={t.batch_size} is larger than the training "
-                              f"split ({data.num_train} images)")
     extra = compile_for_training(model, t, steps, **task.compile_arguments(recipe, data))
     validation_data, metric_callbacks = task.monitoring(model, data, recipe)
     monitor = t.monitor or task.default_monitor
+    hint = task.stalled_hint(data, recipe)
     callbacks, es, nan_stop = training_callbacks(
-        t, ckpt_dir, monitor, run_dir, resume, metric_callbacks=metric_callbacks, extra=extra)
+        t, ckpt_dir, monitor, run_dir, resume, metric_callbacks=metric_callbacks,
+        extra=[*extra, *([hint] if hint is not None else [])])
     initial_epoch = resume_state(model, ckpt_dir, es, resume, t.epochs, metric_callbacks)
     train_batches = task.train_batches(data, recipe, initial_epoch)
     fit(model, train_batches, validation_data, t, callbacks, initial_epoch, ckpt_dir, nan_stop,
@@ -280,6 +302,13 @@ def _run_task(task, recipe, run_dir, ckpt_dir, resume, verbose, t0):
         "split": metrics["split"], "selection_split": metrics["selection_split"]}
     print_summary(task, summary, metrics, export_report)
     return summary
+
+
+def apply_changes(recipe: cfg.Recipe, changes) -> cfg.Recipe:
+    """``recipe`` with each :class:`kft.train.plan.Change`'s key set to its new value."""
+    for change in changes:
+        recipe = cfg.replace_value(recipe, change.key, change.new)
+    return recipe
 
 
 def print_summary(task, summary: dict, metrics: dict, export_report: dict | None) -> None:

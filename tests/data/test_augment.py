@@ -196,3 +196,41 @@ def test_invalid_arguments():
         RandomBlur(motion_max_size=4)
     with pytest.raises(ValueError, match="expects images"):
         RandomFlip()(np.zeros((2, 2), "float32"))
+
+
+def test_presets_by_kind_of_image():
+    """natural flips left-right only, orientation never flips; both are seed-pure; guide is D4."""
+    from kft.data.augment import (
+        AUGMENT_PRESETS,
+        AugmentChain,
+        RandomHorizontalFlip,
+        classification_augment,
+    )
+
+    assert AUGMENT_PRESETS == ("natural", "orientation", "guide", "none")
+    assert classification_augment("none") is None and classification_augment(False) is None
+    assert isinstance(classification_augment(True), ClassificationAugment)
+    assert isinstance(classification_augment("guide"), ClassificationAugment)
+    with pytest.raises(ValueError, match="natural, orientation"):
+        classification_augment("d4")
+    # a left-right gradient: a horizontal flip reverses it, a vertical one would not change it
+    ramp = np.tile(np.linspace(0, 255, 40, dtype=np.float32)[None, :, None], (30, 1, 3))
+    images = tf.constant(np.stack([ramp] * 16))
+    seed = tf.constant([7, 8], tf.int64)
+    natural = classification_augment("natural", seed=0)
+    a, b = natural(images, seed=seed).numpy(), natural(images, seed=seed).numpy()
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == images.shape and a.min() >= 0 and a.max() <= 255
+    flips = RandomHorizontalFlip(1.0)(images, seed=seed).numpy()
+    np.testing.assert_allclose(flips[:, :, ::-1], images.numpy())
+    orientation = classification_augment("orientation", seed=0)
+    assert isinstance(orientation, AugmentChain)
+    assert not any("flip" in type(s).__name__.lower() for s in orientation.stages)
+    out = orientation(images, seed=seed).numpy()
+    # brightness/contrast shift the ramp, a mild crop stretches it, but left stays darker
+    assert (out[:, :, :5].mean(axis=(1, 2, 3)) < out[:, :, -5:].mean(axis=(1, 2, 3))).all()
+    flipped = natural(images, seed=seed).numpy()
+    left, right = flipped[:, :, :5].mean(axis=(1, 2, 3)), flipped[:, :, -5:].mean(axis=(1, 2, 3))
+    assert (left > right).any() and (left < right).any()  # some images mirrored, some not
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(natural))
+    np.testing.assert_allclose(restored(images, seed=seed).numpy(), a, atol=1e-4)

@@ -90,14 +90,28 @@ def test_fixed_resize_shapes_dtypes_and_hand_scaled_boxes(voc):
         np.testing.assert_allclose(meta["scale"][i], [30 / H, 40 / W], rtol=1e-6)
 
 
-def test_training_batches_are_static_and_drop_the_remainder(voc):
+def test_training_batches_are_static_and_visit_every_record(voc):
+    n = len(voc)
     batches = detection_batches(voc, image_size=32, batch_size=3, training=True, seed=0,
-                                epochs=2, max_instances=4)
-    x_spec, y_spec = batches.dataset.element_spec
+                                epochs=2, max_instances=4, with_meta=True)
+    x_spec, y_spec, _ = batches.dataset.element_spec
     assert x_spec.shape.as_list() == [3, 32, 32, 3]
     assert y_spec["boxes"].shape.as_list() == [3, 4, 4]
-    assert batches.steps == 2
-    assert len(_per_batch(batches)) == 4
+    assert batches.steps == -(-n // 3)
+    out = _per_batch(batches)
+    assert len(out) == 2 * batches.steps
+    for e in range(2):  # every record once per epoch, the last batch filled again
+        seen = np.concatenate([m["index"] for _, _, m in out[e * batches.steps:
+                                                              (e + 1) * batches.steps]])
+        assert sorted(seen[:n].tolist()) == list(range(n))
+
+
+def test_a_split_smaller_than_the_batch_makes_one_full_batch(voc):
+    few = voc.subset(range(2))
+    batches = detection_batches(few, image_size=32, batch_size=5, training=True, seed=0,
+                                epochs=1, with_meta=True)
+    (x, _, meta), = _per_batch(batches)
+    assert x.shape[0] == 5 and set(meta["index"].tolist()) == {0, 1}
 
 
 def test_keep_aspect_scale_and_to_original_round_trip(coco):
@@ -406,8 +420,6 @@ def test_clear_errors(voc, coco):
         _eval(voc, with_masks=True)
     with pytest.raises(ValueError, match="batch_augment cannot be combined"):
         _eval(coco, with_masks=True, mask_size=8, batch_augment=lambda d: d)
-    with pytest.raises(ValueError, match="fewer than batch_size"):
-        detection_batches(voc, image_size=32, batch_size=9, training=True, seed=0)
     with pytest.raises(ValueError, match="returned no 'segmentation_masks'"):
         detection_batches(coco, image_size=32, batch_size=2, training=True, seed=0,
                           with_masks=True, augment=lambda d: {k: d[k] for k in

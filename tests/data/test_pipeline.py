@@ -38,7 +38,7 @@ def _collect(batches):
 
 def test_training_batches_are_exact_epoch_permutations(split):
     batches = _batches(split)
-    assert batches.steps == N // 4 and batches.num_examples == N
+    assert batches.steps == 6 and batches.num_examples == N  # ceil(22 / 4)
     out = _collect(batches)
     assert len(out) == 4 * batches.steps
     for x, y in out:
@@ -46,10 +46,22 @@ def test_training_batches_are_exact_epoch_permutations(split):
         assert y.dtype == np.float32 and y.shape == (4, C)
         np.testing.assert_array_equal(y.argmax(1), [i % C for i in _ids(x)])
         np.testing.assert_array_equal(y.sum(1), 1.0)
-    epochs = [sum((_ids(x) for x, _ in out[e * 5:(e + 1) * 5]), []) for e in range(4)]
+    epochs = [sum((_ids(x) for x, _ in out[e * 6:(e + 1) * 6]), []) for e in range(4)]
     for ids in epochs:
-        assert len(set(ids)) == 20  # 5 full batches, no repeats, remainder dropped
+        # every example once in the first 22 places; the last batch filled with 2 drawn again
+        assert sorted(ids[:N]) == list(range(N)) and len(ids) == 24
     assert len({tuple(ids) for ids in epochs}) == 4  # a new order every epoch
+    assert len({tuple(ids[N:]) for ids in epochs}) > 1  # not always the same two repeated
+
+
+def test_a_split_smaller_than_the_batch_still_trains(split):
+    """5 examples, batch 8: one full batch per epoch holding all 5 (3 drawn again)."""
+    small = ClassificationSplit(split.paths[:5], split.labels[:5], split.class_names)
+    batches = _batches(small, batch_size=8, epochs=2)
+    out = _collect(batches)
+    assert batches.steps == 1 and len(out) == 2
+    for x, _ in out:
+        assert x.shape[0] == 8 and set(_ids(x)) == set(range(5))
 
 
 def test_epochs_are_identical_across_builds_and_resumes(split):
@@ -58,17 +70,17 @@ def test_epochs_are_identical_across_builds_and_resumes(split):
     full = _collect(_batches(split, **aug))
     tf.random.set_seed(5)
     again = _collect(_batches(split, augment=ClassificationAugment(noise=0.5, blur=0.5)))
-    for (xa, ya), (xb, yb) in zip(full[10:15], again[10:15], strict=True):
+    for (xa, ya), (xb, yb) in zip(full[12:18], again[12:18], strict=True):
         np.testing.assert_array_equal(xa, xb)
         np.testing.assert_array_equal(ya, yb)
     resumed = _collect(_batches(split, initial_epoch=2, **aug))
-    assert len(resumed) == 2 * 5
-    for (xa, ya), (xb, yb) in zip(full[10:], resumed, strict=True):
+    assert len(resumed) == 2 * 6
+    for (xa, ya), (xb, yb) in zip(full[12:], resumed, strict=True):
         np.testing.assert_array_equal(xa, xb)
         np.testing.assert_array_equal(ya, yb)
-    assert not np.array_equal(full[5][0], full[10][0])  # epochs differ
+    assert not np.array_equal(full[6][0], full[12][0])  # epochs differ
     other_seed = _collect(_batches(split, seed=1, **aug))
-    assert not np.array_equal(other_seed[10][0], full[10][0])
+    assert not np.array_equal(other_seed[12][0], full[12][0])
     # Augmentation is applied (the noise/blur layers change constant images).
     plain = _collect(_batches(split, initial_epoch=2))
     for (_, ya), (_, yb) in zip(plain, resumed, strict=True):
@@ -103,13 +115,13 @@ def test_dataset_sources_are_reproducible(fixed_shape):
     kw = dict(epochs=3, shuffle_buffer=8)
     a = _collect(_batches(_dataset_source(fixed_shape), **kw))
     b = _collect(_batches(_dataset_source(fixed_shape), initial_epoch=1, **kw))
-    assert len(a) == 15 and len(b) == 10
-    for (xa, ya), (xb, yb) in zip(a[5:], b, strict=True):
+    assert len(a) == 18 and len(b) == 12
+    for (xa, ya), (xb, yb) in zip(a[6:], b, strict=True):
         np.testing.assert_array_equal(xa, xb)
         np.testing.assert_array_equal(ya, yb)
         np.testing.assert_array_equal(ya.argmax(1), [i % C for i in _ids(xa)])
-    orders = [sum((_ids(x) for x, _ in a[e * 5:(e + 1) * 5]), []) for e in range(3)]
-    assert all(len(set(o)) == 20 for o in orders) and orders[0] != orders[1]
+    orders = [sum((_ids(x) for x, _ in a[e * 6:(e + 1) * 6]), []) for e in range(3)]
+    assert all(sorted(o[:N]) == list(range(N)) for o in orders) and orders[0] != orders[1]
     if not fixed_shape:  # windows of 8: the first 8 examples stay within the first 8
         assert set(orders[0][:8]) == set(range(8))
 
@@ -128,8 +140,6 @@ def test_validation_keeps_order_and_remainder(split):
 
 
 def test_clear_errors(split):
-    with pytest.raises(ValueError, match="fewer than batch_size=32"):
-        _batches(split, batch_size=32)
     with pytest.raises(ValueError, match="square"):
         _batches(split, image_size=(8, 6), augment=ClassificationAugment())
     with pytest.raises(ValueError, match="num_classes=2"):

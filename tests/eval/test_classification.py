@@ -42,7 +42,7 @@ def test_hand_computed_metrics():
         [0, 0, 0, 0, 0],
         [0, 0, 0, 0, 0],
     ]
-    assert m["top_k"] == 5 and m["top5_accuracy"] == 1.0
+    assert "top5_accuracy" not in m and "top_k" not in m  # 5 classes: always 1.0, not shown
 
 
 def test_one_hot_labels_give_the_same_result():
@@ -63,11 +63,13 @@ def test_top5_with_seven_classes_counts_boundary_ties_as_hits():
     assert m["accuracy"] == 0.0  # argmax takes the first of tied maxima (class 0)
 
 
-def test_top_k_is_capped_by_the_number_of_classes():
+def test_top5_is_not_reported_for_five_classes_or_fewer():
     logits = np.array([[0.0, 1.0, 2.0], [2.0, 1.0, 0.0]], np.float32)
     m = classification_metrics([0, 2], logits, ["x", "y", "z"])
-    assert m["top_k"] == 3 and m["top5_accuracy"] == 1.0
+    assert "top5_accuracy" not in m and "top_k" not in m
     assert m["accuracy"] == 0.0 and m["macro_f1"] == 0.0
+    six = classification_metrics([0], np.arange(6, dtype=np.float32)[None], list("abcdef"))
+    assert six["top_k"] == 5 and six["top5_accuracy"] == 0.0  # class 0 is sixth
 
 
 def test_perfect_predictions():

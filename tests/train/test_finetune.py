@@ -79,3 +79,27 @@ def test_progressive_unfreeze_during_fit(tiny_classifier, colour_batch):
     assert seen == [[], [], ["layer3"], ["layer3"], ["layer2", "layer3"]]
     assert all(np.array_equal(v, stem_before[p]) for p, v in _values(model, "conv1_").items())
     assert any(not np.array_equal(v, l3_before[p]) for p, v in _values(model, "stack2_").items())
+
+
+def test_head_first_freezes_the_backbone_then_trains_it_at_a_lower_rate(tiny_classifier,
+                                                                       colour_batch):
+    from kft.train.finetune import HeadFirst, scaled_backbone_lrs
+
+    model = tiny_classifier
+    set_trainable_stages(model, ("none",))
+    lrs = scaled_backbone_lrs(model, 0.1, 1e-2, {"layer3": 5e-3})
+    assert lrs == {"stem": 1e-3, "layer1": 1e-3, "layer2": 1e-3, "layer3": 5e-3}
+    model.compile(keras.optimizers.SGD(0.05), keras.losses.CategoricalCrossentropy(True))
+    model.optimizer.build(candidate_trainable_variables(model))
+    seen = []
+
+    class Record(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append(trainable_stages(self.model))
+
+    stem_before = _values(model, "conv1_")
+    x, y = colour_batch
+    model.fit(x, y, epochs=3, batch_size=6, verbose=0,
+              callbacks=[HeadFirst(2, ("all",), verbose=False), Record()])
+    assert seen == [[], [], ["stem", "layer1", "layer2", "layer3"]]
+    assert any(not np.array_equal(v, stem_before[p]) for p, v in _values(model, "conv1_").items())

@@ -1,0 +1,85 @@
+"""kft.train.plan: batch size / epochs / lr / warm-up fitted to the data, BN momentum."""
+
+import dataclasses
+
+import keras
+import pytest
+
+from kft import config as cfg
+from kft.train.plan import (
+    auto_batch_size,
+    auto_epochs,
+    bn_momentum_for,
+    plan_bn_momentum,
+    plan_training,
+)
+
+
+def _recipe(**train):
+    return cfg.Recipe(data=cfg.Data(root="/d"), train=cfg.Train(**train))
+
+
+def test_the_issue_few_shot_case_loses_no_image():
+    """40 images, batch 32 used to run 1 step per epoch and drop 8 images every epoch."""
+    recipe, changes, steps = plan_training(_recipe(batch_size=32, epochs=28), 40)
+    assert recipe.train.batch_size == 20 and steps == 2
+    (change,) = changes
+    assert change.key == "train.batch_size" and change.old == 32 and change.new == 20
+    assert "40 training images" in change.reason
+
+
+def test_auto_values_follow_the_documented_rules():
+    recipe, changes, steps = plan_training(
+        _recipe(batch_size=0, epochs=0, learning_rate=0.0, optimizer="adamw"), 40)
+    assert recipe.train.batch_size == auto_batch_size(40) == 8
+    assert steps == 5 and recipe.train.epochs == auto_epochs(5) == 60
+    assert recipe.train.learning_rate == 1e-3
+    assert {c.key for c in changes} == {"train.batch_size", "train.epochs",
+                                        "train.learning_rate"}
+    assert auto_batch_size(3) == 3 and auto_batch_size(10_000) == 32 and auto_batch_size(100) == 16
+    assert auto_epochs(1000) == 10 and auto_epochs(1) == 60
+
+
+def test_warmup_in_epochs_becomes_steps():
+    recipe, changes, steps = plan_training(_recipe(batch_size=10, epochs=5,
+                                                   warmup_epochs=1.5), 100)
+    assert steps == 10 and recipe.train.warmup_steps == 15
+    assert any(c.key == "train.warmup_steps" and c.new == 15 for c in changes)
+
+
+def test_a_warmup_as_long_as_the_run_is_an_error():
+    """ssdlite_mobilenet_voc.py used to spend all 555 steps of a 15-epoch run warming up."""
+    with pytest.raises(cfg.ConfigError, match="as long as the whole run.*555"):
+        plan_training(_recipe(batch_size=32, epochs=15, warmup_steps=1000), 37 * 32)
+
+
+def test_bn_momentum_follows_the_run_length():
+    assert bn_momentum_for(555) == pytest.approx(1 - 20 / 555)
+    assert bn_momentum_for(10) == 0.9 and bn_momentum_for(10**6) == 0.999
+    inputs = keras.Input((4,))
+    x = keras.layers.BatchNormalization(momentum=0.999)(inputs)
+    x = keras.layers.BatchNormalization(momentum=0.9)(x)
+    model = keras.Model(inputs, x)
+    change = plan_bn_momentum(model, 0.0, 555)
+    slow, fast = [layer for layer in model.layers if "batch" in layer.name]
+    assert slow.momentum == pytest.approx(1 - 20 / 555) and fast.momentum == 0.9  # not raised
+    assert change.key == "model.bn_momentum" and "1 of 2" in change.reason
+    assert plan_bn_momentum(model, -1.0, 555) is None  # keep
+    plan_bn_momentum(model, 0.5, 555)
+    assert slow.momentum == fast.momentum == 0.5
+
+
+def test_config_json_records_what_was_resolved(tmp_path):
+    recipe, changes, _ = plan_training(_recipe(batch_size=32), 40)
+    path = tmp_path / "config.json"
+    cfg.save_json(recipe, path, resolved={c.key: c.to_dict() for c in changes})
+    assert cfg.resolved_record(path)["train.batch_size"]["to"] == 20
+    assert cfg.from_dict(__import__("json").loads(path.read_text())).train.batch_size == 20
+
+
+def test_legacy_augment_bool_still_works():
+    recipe = cfg.normalized(dataclasses.replace(cfg.Recipe(), data=cfg.Data(augment=True)))
+    assert recipe.data.augment == "guide"
+    assert cfg.apply_overrides(cfg.Recipe(), ["data.augment=false"]).data.augment == "none"
+    split = cfg.apply_overrides(cfg.Recipe(), ["data.splits=train, val"])
+    assert (split.data.train_split, split.data.val_split) == ("train", "val")
