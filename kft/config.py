@@ -35,7 +35,7 @@ class Data:
     """
 
     root: str = ""
-    image_size: int = 224
+    image_size: int = 224  # classification: 0 = the model.load_from run's (else 224)
     val_fraction: float = 0.1  # D9: share of the target data kept for validation
     tfds_data_dir: str = ""
     tfds_download: bool = False
@@ -82,7 +82,9 @@ class Model:
     """Which network, which weights, which head; a detector family's own keys are in its
     section (``model.ssd.*``)."""
 
-    arch: str = "resnet50"  # resnet18/34/50/101/152, or resnet_tiny (tests, quick starts)
+    # resnet18/34/50/101/152, or resnet_tiny (tests, quick starts); "": the architecture of
+    # the kft run model.load_from names (else resnet50)
+    arch: str = "resnet50"
     preset: str = ""  # keras-hub preset name or local preset folder for the backbone
     load_from: str = ""  # .keras model, kft run dir/checkpoint, preset dir, or keras.applications .h5
     load_from_hash: str = ""  # "sha256:<hex>" or "md5:<hex>" checked before loading (M8)
@@ -119,7 +121,7 @@ class Train:
     weight_decay_mode: str = "decoupled"
     # T3 schedules: constant | cosine_restarts | warmup_multistep | step
     schedule: str = "constant"
-    restart_epochs: float = 5.0  # T_0 in epochs
+    restart_epochs: float = 5.0  # T_0 in epochs; 0: the whole run (one cosine decay)
     restart_mult: float = 2.0  # T_mult
     min_lr: float = 1e-6  # eta_min
     warmup_epochs: float = 0.0  # linear warm-up length in epochs (may be a fraction)

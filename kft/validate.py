@@ -226,7 +226,8 @@ RULES: dict[str, Any] = {
     "name": NON_EMPTY,
     "task": OneOf(TASKS),
     # data
-    "data.image_size": AT_LEAST_1,
+    "data.image_size": ByTask({"classification": SpecialOr(
+        {0: "from model.load_from's run, else 224"}, AT_LEAST_1), "detection": AT_LEAST_1}),
     "data.val_fraction": FRACTION_OPEN,
     "data.train_split": NON_EMPTY,
     "data.val_split": NON_EMPTY,
@@ -243,7 +244,7 @@ RULES: dict[str, Any] = {
     "data.max_instances": AT_LEAST_1,
     "data.detection_augment": OneOf(DETECTION_AUGMENTS),
     # model
-    "model.arch": ByTask({"classification": OneOf(tuple(RESNET_STAGES)),
+    "model.arch": ByTask({"classification": OneOf(("",) + tuple(RESNET_STAGES)),
                           "detection": OneOf(SSD_ARCHS)}),
     "model.load_from_hash": Pattern(r"sha256:[0-9a-fA-F]{64}|md5:[0-9a-fA-F]{32}",
                                     "'sha256:<64 hex digits>' or 'md5:<32 hex digits>'"),
@@ -268,7 +269,7 @@ RULES: dict[str, Any] = {
     "train.weight_decay": NON_NEGATIVE,
     "train.weight_decay_mode": OneOf(WEIGHT_DECAY_MODES),
     "train.schedule": OneOf(SCHEDULES),
-    "train.restart_epochs": POSITIVE,
+    "train.restart_epochs": SpecialOr({0: "the whole run"}, POSITIVE),
     "train.restart_mult": POSITIVE,
     "train.min_lr": NON_NEGATIVE,
     "train.warmup_steps": NON_NEGATIVE,

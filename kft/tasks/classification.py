@@ -3,6 +3,7 @@ top-5 / macro-F1, confusion matrix, TFLite export (:class:`ClassificationTask`).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,6 +129,61 @@ def compile_model(model, train: cfg.Train, steps_per_epoch: int, num_classes: in
                                 **compile_arguments(train, num_classes))
 
 
+DEFAULT_ARCH, DEFAULT_IMAGE_SIZE = "resnet50", 224
+# what an empty model.arch / data.image_size = 0 take from the run model.load_from names
+SOURCE_KEYS = ("model.arch", "model.head", "model.head_units", "model.se_stages",
+               "data.image_size")
+
+
+def source_run_config(spec: str) -> tuple[dict, Path] | None:
+    """``(config.json, its path)`` of the kft run that ``model.load_from`` names (the run
+    folder, its model.keras, or one of its checkpoints), or None."""
+    if not spec:
+        return None
+    p = Path(spec)
+    for folder in (p, p.parent, p.parent.parent):
+        config = folder / "config.json"
+        if config.is_file() and ((folder / "model.keras").is_file()
+                                 or (folder / "checkpoints").is_dir()):
+            try:
+                return json.loads(config.read_text()), config
+            except ValueError:
+                return None
+    return None
+
+
+def resolve_from_source(recipe: cfg.Recipe) -> list:
+    """Changes for ``model.arch=""`` and ``data.image_size=0``: the values of the run that
+    ``model.load_from`` names (so a fine-tuning recipe builds the network it loads), else
+    ``resnet50`` / 224 px."""
+    from kft.train.plan import Change
+
+    m, d = recipe.model, recipe.data
+    if m.arch and d.image_size:
+        return []
+    found = source_run_config(m.load_from)
+    changes = []
+    if found is not None:
+        config, path = found
+        wanted = SOURCE_KEYS if not m.arch else ("data.image_size",)
+        for key in wanted:
+            section, name = key.split(".")
+            if key == "data.image_size" and d.image_size:
+                continue
+            value = config.get(section, {}).get(name)
+            current = getattr(getattr(recipe, section), name)
+            if value is not None and value != current and value != list(current or ()):
+                changes.append(Change(key, current, tuple(value) if isinstance(value, list)
+                                      else value, f"from {path} (model.load_from)"))
+    keys = {c.key for c in changes}
+    if not m.arch and "model.arch" not in keys:
+        changes.append(Change("model.arch", "", DEFAULT_ARCH, "model.arch empty: the default"))
+    if not d.image_size and "data.image_size" not in keys:
+        changes.append(Change("data.image_size", 0, DEFAULT_IMAGE_SIZE,
+                              "data.image_size=0: the default"))
+    return changes
+
+
 def _size(source) -> int:
     return len(source) if isinstance(source, ClassificationSplit) else int(source[1])
 
@@ -137,6 +193,10 @@ class ClassificationTask(Task):
     default_monitor = "val_macro_f1"
 
     def read(self, recipe, run_dir, purpose="train") -> TaskData:
+        from kft.train.runs import apply_changes
+
+        resolved = resolve_from_source(recipe)
+        recipe = apply_changes(recipe, resolved)
         d, t = recipe.data, recipe.train
         data = prepare_data(d, Path(run_dir), t.seed)
         selection = None
@@ -159,7 +219,8 @@ class ClassificationTask(Task):
             num_val=data.num_val, selection=selection, num_selection=num_selection,
             val_description=f"val ({data.num_val} images)",
             selection_description=(f"{num_selection} images held out of train"
-                                   if selection is not None else None))
+                                   if selection is not None else None),
+            resolved=resolved)
 
     def build_model(self, recipe, data):
         m = recipe.model

@@ -119,6 +119,10 @@ def plan_training(recipe: cfg.Recipe, num_train: int) -> tuple[cfg.Recipe, list[
         changes.append(Change("train.learning_rate", 0.0, lr, f"auto for {t.optimizer}"))
         updates["learning_rate"] = lr
 
+    if t.schedule == "cosine_restarts" and t.restart_epochs == 0:
+        changes.append(Change("train.restart_epochs", 0.0, float(epochs),
+                              "0: one cosine decay over the whole run"))
+        updates["restart_epochs"] = float(epochs)
     total = epochs * steps
     warmup = t.warmup_steps
     if t.warmup_epochs > 0:

@@ -265,8 +265,7 @@ def _run_task(task, recipe, run_dir, ckpt_dir, resume, verbose, t0, previous):
     changes += [bn] if bn is not None else []
     for change in changes:
         print(change.line())
-    cfg.save_json(recipe, run_dir / "config.json",
-                  resolved={**previous, **{c.key: c.to_dict() for c in changes}})
+    cfg.save_json(recipe, run_dir / "config.json", resolved={**previous, **record(changes)})
     task.before_training(model, data, recipe)
 
     extra = compile_for_training(model, t, steps, **task.compile_arguments(recipe, data))
@@ -302,6 +301,19 @@ def _run_task(task, recipe, run_dir, ckpt_dir, resume, verbose, t0, previous):
         "split": metrics["split"], "selection_split": metrics["selection_split"]}
     print_summary(task, summary, metrics, export_report)
     return summary
+
+
+def record(changes) -> dict:
+    """``config.json``'s ``"resolved"``: per key, the first ``from``, the last ``to`` and every
+    reason (a key may change twice: auto batch size, then fitted to the split)."""
+    out: dict = {}
+    for change in changes:
+        entry = change.to_dict()
+        if change.key in out:
+            entry = {"from": out[change.key]["from"], "to": entry["to"],
+                     "why": f"{out[change.key]['why']}; then {entry['why']}"}
+        out[change.key] = entry
+    return out
 
 
 def apply_changes(recipe: cfg.Recipe, changes) -> cfg.Recipe:
