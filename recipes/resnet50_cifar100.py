@@ -21,7 +21,7 @@ RECIPE = Recipe(
         image_size=224,  # CIFAR's 32 px upsampled to the pretraining resolution
         train_split="train[:90%]",  # D9: 10% of the target data held out for validation
         val_split="train[90%:]",
-        augment=True,
+        augment="guide",  # the guide's D4 set
     ),
     model=Model(arch="resnet50", preset="resnet_50_imagenet", head="mlp", head_units=512,
                 dropout=0.5),

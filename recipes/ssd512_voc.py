@@ -29,7 +29,7 @@ RECIPE = Recipe(
     model=Model(arch="ssd512_vgg16", ssd=SSDSettings(steps=SSD512_STEPS, neg_pos_ratio=3.0)),
     train=Train(
         epochs=232, batch_size=32, optimizer="sgd", learning_rate=1e-3, momentum=0.9,
-        weight_decay=5e-4, weight_decay_mode="coupled", schedule="warmup_multistep", warmup_steps=500,
+        weight_decay=5e-4, weight_decay_mode="coupled", schedule="warmup_multistep", warmup_epochs=1,
         warmup_factor=0.001, milestones=(155, 193), gamma=0.1,
         cls_loss="ce", box_loss="smooth_l1", early_stopping_patience=0),
     eval=Eval(batch_size=8, every=10),

@@ -34,7 +34,7 @@ RECIPE = Recipe(
     train=Train(
         epochs=200, batch_size=32, optimizer="sgd", learning_rate=0.025, momentum=0.9,
         weight_decay=4e-5, schedule="cosine_restarts", restart_epochs=200, restart_mult=1.0,
-        min_lr=0.0, warmup_steps=1000, cls_loss="ce",
+        min_lr=0.0, warmup_epochs=2, cls_loss="ce",
         box_loss="smooth_l1", early_stopping_patience=0),
     eval=Eval(batch_size=16, every=10),
     export=Export(quantize=("float32", "int8"), representative_samples=200),
