@@ -228,6 +228,9 @@ class ClassificationTask(Task):
         if num_classes != len(data.class_names):
             raise cfg.ConfigError(f"model.num_classes={m.num_classes} but the data has "
                                   f"{len(data.class_names)} classes")
+        if not m.preset and not m.load_from:
+            print(f"[kft] note: {m.arch} starts from RANDOM weights (model.preset and "
+                  "model.load_from are empty): training from scratch")
         return build_model(m, num_classes, recipe.data.image_size)
 
     def compile_arguments(self, recipe, data):

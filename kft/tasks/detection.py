@@ -216,6 +216,10 @@ class DetectionTask(Task):
     def build_model(self, recipe, data):
         m = recipe.model
         num_classes = m.num_classes or len(data.class_names)
+        if not m.backbone_weights and not m.load_from:
+            print(f"[kft] note: {m.arch} starts from a RANDOM backbone (model.backbone_weights "
+                  "and model.load_from are empty); fine-tuning needs pretrained weights: see "
+                  "README 'Pretrained weights offline'")
         return build_detector(m, recipe.train, recipe.eval, num_classes, recipe.data.image_size)
 
     def before_training(self, model, data, recipe):
