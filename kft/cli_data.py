@@ -2,32 +2,49 @@
 
 ::
 
-    kft data check ROOT --format voc [--split trainval --val-split test] [--reference ROOT2]
-    kft data browse ROOT --format coco --split val2017 [--n 16 --augment default --out g.png]
+    kft data check ROOT [--format auto] [--split train --val-split val] [--reference ROOT2]
+    kft data browse ROOT [--split val2017 --n 16 --augment default --out g.png]
+    kft data convert ROOT --to yolo --out YOLO_DIR [--from auto --split train]
     kft data convert VOC_ROOT --from voc --to coco --out train.json [--split trainval]
-    kft data convert FILE.json --from coco --to voc --image-dir IMAGES --out VOC_DIR
+    kft data convert FILE.json --from coco --to voc [--image-dir IMAGES] --out VOC_DIR
     kft data make-shapes DIR [--num-train 200 --num-val 50 --image-size 128]
 
-ROOT is what the readers take: a VOC folder (``Annotations/``, ``JPEGImages/``,
-``ImageSets/Main/``), a COCO dataset folder (``annotations/instances_<split>.json`` and
-``<split>/``), or a Cityscapes folder (``leftImg8bit/``, ``gtFine/``). VOC class names default
-to the 20 VOC classes when every annotated name is one of them, else to the sorted names found
-in the split files' annotations; ``--classes a,b,c`` sets them. Errors print
-``kft data: error: ...`` naming the file and exit with code 2.
+ROOT is a dataset folder as the annotation tools export it; ``--format auto`` (the default)
+tells the layout by its files (:func:`kft.data.readers.layout.detect_format`) and says which:
+a VOC folder (``Annotations/``, ``JPEGImages/``, ``ImageSets/Main/``), a COCO folder (COCO's
+``annotations/instances_<split>.json`` + ``<split>/``, CVAT's ``images/``, Roboflow's
+``<split>/_annotations.coco.json``; ``--image-dir`` names the image folder when it cannot be
+found), a YOLO folder (Ultralytics' ``data.yaml`` + ``images/<split>``, ``labels/<split>``, or
+Roboflow's ``<split>/images``, ``<split>/labels``) or a Cityscapes folder (``leftImg8bit/``,
+``gtFine/``). Without ``--split`` / ``--val-split`` the usual pair of the splits that exist is
+taken (VOC trainval/test or train/val, COCO train2017/val2017 or train/val(id), ...). VOC class
+names default to the 20 VOC classes when every annotated name is one of them, else to the
+sorted names found in both splits' annotations (:func:`kft.data.readers.voc.infer_voc_class_names`);
+``--classes a,b,c`` sets them. Where the files were found and where class names came from is
+printed. Errors print ``kft data: error: ...`` naming the file and exit with code 2.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from xml.etree import ElementTree as ET
 
 import click
 
-FORMATS = ("voc", "coco", "cityscapes")
-DEFAULT_SPLITS = {"voc": ("trainval", "test"), "coco": ("train2017", "val2017"),
-                  "cityscapes": ("train", "val")}
+READ_FORMATS = ("voc", "coco", "yolo", "cityscapes")
+FORMATS = ("auto", *READ_FORMATS)
+WRITE_FORMATS = ("voc", "coco", "yolo")
+# (train, val) split pairs tried in order when --split / --val-split are not given
+DEFAULT_SPLIT_PAIRS = {
+    "voc": (("trainval", "test"), ("train", "val"), ("trainval", None), ("train", None)),
+    "coco": (("train2017", "val2017"), ("train", "val"), ("train", "valid"), ("train", "test"),
+             ("train2017", None), ("train", None), ("default", None)),
+    "yolo": (("train", "val"), ("train", "valid"), ("train", "test"), ("train", None)),
+    "cityscapes": (("train", "val"), ("train", None)),
+}
 AUGMENTS = ("none", "default", "ssd")
 NO_SPLIT = ("none", "")
 USER_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError)
@@ -49,62 +66,143 @@ def _classes_option(text: str | None) -> list[str] | None:
     return names
 
 
-def voc_class_names(root, splits) -> list[str]:
-    """Class names for a VOC folder: :data:`~kft.data.readers.voc.VOC_CLASSES` when every
-    object name in the ``splits``' annotations is a VOC class, else the sorted names found.
-    Unreadable files are left for the reader to report."""
-    from kft.data.readers.voc import VOC_CLASSES
-
-    root, found = Path(root), set()
-    for split in splits:
-        ids_file = root / "ImageSets" / "Main" / f"{split}.txt"
-        if not ids_file.is_file():
-            continue
-        for line in ids_file.read_text(errors="replace").split("\n"):
-            xml = root / "Annotations" / f"{line.split()[0]}.xml" if line.split() else None
-            if xml is None or not xml.is_file():
-                continue
-            try:
-                tree = ET.parse(xml).getroot()
-            except (ET.ParseError, OSError, UnicodeDecodeError):
-                continue
-            found.update((o.findtext("name") or "").strip() for o in tree.iter("object"))
-    found.discard("")
-    return list(VOC_CLASSES) if found <= set(VOC_CLASSES) else sorted(found)
+@contextmanager
+def _echo_warnings():
+    """Prints the readers' warnings (most objects dropped, ...) as ``warning: ...`` lines."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        yield
+    for w in caught:
+        if issubclass(w.category, UserWarning):
+            click.echo(f"warning: {w.message}")
 
 
-def read_split(fmt: str, root, split: str, class_names=None, check_images: str = "full"):
-    """One split of a dataset in ``fmt`` (``voc``/``coco``/``cityscapes``) as a
-    :class:`~kft.data.readers.detection.DetectionSplit`."""
-    from kft.data.readers.formats import read_detection
+def resolve_format(fmt: str, root) -> str:
+    """``fmt``, or for ``auto`` the detected format (printed with the reason)."""
+    if fmt != "auto":
+        return fmt
+    from kft.data.readers.layout import detect_format
 
-    if fmt == "voc":
-        class_names = class_names or voc_class_names(root, [split])
-    return read_detection(fmt, root, split, class_names=class_names, check_images=check_images)
+    if Path(root).is_file():
+        if Path(root).suffix.lower() == ".json":
+            click.echo(f"format: coco ({Path(root).name} is a JSON file)")
+            return "coco"
+        raise ValueError(f"{root} is a file: --format auto takes a dataset folder or a COCO "
+                         ".json file")
+    found, reason = detect_format(root)
+    click.echo(f"format: {found} ({reason})")
+    return found
 
 
-def _split_names(fmt: str, split: str | None, val_split: str | None) -> dict[str, str]:
-    """``{"train": name, "val": name}`` with the format's defaults; ``--val-split none``
-    leaves val out."""
-    train_default, val_default = DEFAULT_SPLITS[fmt]
-    names = {"train": split or train_default}
-    val = val_default if val_split is None else val_split
-    if val.lower() not in NO_SPLIT:
-        names["val"] = val
+def _available(fmt: str, root) -> list[str]:
+    from kft.data.readers.layout import available_splits
+
+    try:
+        return available_splits(fmt, root)
+    except (OSError, ValueError):
+        return []
+
+
+def _check_looks_like(fmt: str, root) -> None:
+    """``ValueError`` when ``root`` has no ``fmt`` split but looks like another format."""
+    from kft.data.readers.layout import detect_format
+
+    try:
+        found, reason = detect_format(root)
+    except (OSError, ValueError):
+        return
+    if found != fmt:
+        raise ValueError(f"{root} has no {fmt} split but looks like {found} ({reason}): use "
+                         f"--format {found}, or --format auto")
+
+
+def default_split_names(fmt: str, root, split: str | None,
+                        val_split: str | None) -> dict[str, str]:
+    """``{"train": name, "val": name}``: the given names, else the first pair of
+    :data:`DEFAULT_SPLIT_PAIRS` whose splits exist in ``root``; ``--val-split none`` (or no
+    validation split found, which is printed) leaves val out."""
+    have = _available(fmt, root)
+    if not have:
+        _check_looks_like(fmt, root)
+    pairs = DEFAULT_SPLIT_PAIRS[fmt]
+    if split is None:
+        fitting = [p for p in pairs if p[0] in have and (p[1] is None or p[1] in have)]
+        split = fitting[0][0] if fitting else (have[0] if have else pairs[0][0])
+    names = {"train": split}
+    if val_split is None:
+        val_split = next((v for t, v in pairs if t == split and v in have), None)
+        if val_split is None:
+            others = [s for s in have if s != split]
+            click.echo(f"note: no validation split found for {split!r} (splits in {root}: "
+                       f"{have}); checking {split!r} alone" + (" (--val-split NAME picks one "
+                                                                 f"of {others})" if others
+                                                                 else ""))
+            return names
+    if val_split.lower() not in NO_SPLIT:
+        names["val"] = val_split
     return names
 
 
-def _read_all(fmt, root, names: dict[str, str], classes, check_images) -> dict:
-    """Reads every split in ``names``; VOC class names are shared (inferred over all)."""
+def read_split(fmt: str, root, split: str, class_names=None, check_images: str = "full", *,
+               image_dir=None, report=None):
+    """One split of a dataset in ``fmt`` (``voc``/``coco``/``yolo``/``cityscapes``) as a
+    :class:`~kft.data.readers.detection.DetectionSplit`; ``root`` may be a COCO JSON file.
+    VOC class names are inferred (``class_names=None``) from this split."""
+    from kft.data.readers.formats import read_detection
+
+    if image_dir is not None and fmt != "coco":
+        raise ValueError(f"--image-dir is for COCO datasets, not {fmt}")
+    if fmt == "coco" and Path(root).is_file():
+        from kft.data.readers.coco import read_coco
+
+        return read_coco(None, split, annotation_file=root, image_dir=image_dir,
+                         check_images=check_images, report=report)
+    return read_detection(fmt, root, split, class_names=class_names, check_images=check_images,
+                          image_dir=image_dir, report=report)
+
+
+def _print_layout(splits: dict) -> None:
+    """Where each split's files were found and where the class names come from."""
+    for split in splits.values():
+        if split.layout_note:
+            click.echo(split.layout_note)
+    train = next(iter(splits.values()))
+    source = {"voc": "the 20 VOC classes (every annotated name is one)",
+              "inferred": "inferred from the annotations", "file": "from the dataset's files",
+              "given": "given", "fixed": "the reader's"}.get(train.class_names_source,
+                                                         train.class_names_source)
+    click.echo(f"classes ({source}): {list(train.class_names)}")
+
+
+def _infer_voc(root, splits) -> tuple[list[str], str]:
+    """``(class names, "voc" | "inferred")`` shared by VOC ``splits`` of ``root``."""
+    from kft.data.readers.voc import VOC_CLASSES, infer_voc_class_names
+
+    classes = infer_voc_class_names(root, splits)
+    return classes, "voc" if classes == list(VOC_CLASSES) else "inferred"
+
+
+def _read_all(fmt, root, names: dict[str, str], classes, check_images, image_dir=None) -> dict:
+    """Reads every split in ``names``; VOC class names are shared (inferred over all), and a
+    val split with other classes is aligned to train's by name."""
+    from kft.data.readers.detection import align_classes
+
+    inferred = None
     if fmt == "voc" and classes is None:
-        classes = voc_class_names(root, list(names.values()))
+        classes, inferred = _infer_voc(root, list(names.values()))
     splits = {}
     for key, split in names.items():
         try:
-            splits[key] = read_split(fmt, root, split, classes, check_images)
+            splits[key] = read_split(fmt, root, split, classes, check_images,
+                                     image_dir=image_dir)
         except FileNotFoundError as e:
             hint = " (--val-split none checks the training split alone)" if key == "val" else ""
             raise FileNotFoundError(f"{e}{hint}") from None
+        if inferred is not None:
+            splits[key].class_names_source = inferred
+    if "val" in splits and splits["val"].class_names != splits["train"].class_names:
+        splits["val"] = align_classes(splits["train"], splits["val"], f"train ({names['train']})",
+                                      f"val ({names['val']})")
     return splits
 
 
@@ -114,7 +212,7 @@ def _read_references(fmt, root, names: dict[str, str], class_names, check_images
     references, missing = {}, []
     for key, split in names.items():
         try:
-            ref = read_split(fmt, root, split, class_names if fmt == "voc" else None,
+            ref = read_split(fmt, root, split, class_names if fmt in ("voc", "yolo") else None,
                              check_images)
         except FileNotFoundError as e:
             missing.append(f"{split}: {e}")
@@ -137,20 +235,27 @@ def data():
 
 
 _root_arg = click.argument("root", type=click.Path(exists=True, file_okay=False))
-_format_opt = click.option("--format", "fmt", type=click.Choice(FORMATS), required=True,
-                           help="Dataset layout of ROOT.")
+_format_opt = click.option("--format", "fmt", type=click.Choice(FORMATS), default="auto",
+                           show_default=True,
+                           help="Dataset layout of ROOT (auto: told by its files).")
 _classes_opt = click.option("--classes", default=None,
-                            help="VOC class names, comma-separated (default: inferred).")
+                            help="VOC/YOLO class names, comma-separated (default: VOC inferred "
+                                 "from the annotations, YOLO from data.yaml).")
+_image_dir_opt = click.option("--image-dir", type=click.Path(exists=True, file_okay=False),
+                              default=None,
+                              help="COCO: the folder the JSON's file_name are relative to "
+                                   "(default: found beside the annotations).")
 
 
 @data.command("check", short_help="Counts, histograms, KL(train||val), duplicates.")
 @_root_arg
 @_format_opt
 @click.option("--split", "--train-split", "split", default=None,
-              help="Training split [voc: trainval, coco: train2017, cityscapes: train].")
+              help="Training split [the first that exists: voc trainval/train, coco "
+                   "train2017/train, yolo/cityscapes train].")
 @click.option("--val-split", default=None,
-              help="Validation split [voc: test, coco: val2017, cityscapes: val]; 'none' to "
-                   "skip it.")
+              help="Validation split [voc test/val, coco val2017/val/valid, yolo val/valid, "
+                   "cityscapes val, whichever exists]; 'none' to skip it.")
 @click.option("--reference", type=click.Path(exists=True, file_okay=False), default=None,
               help="A second annotation of the same images (same format) to compare with (D5).")
 @click.option("--out", "out_dir", default="data_check", show_default=True,
@@ -162,23 +267,30 @@ _classes_opt = click.option("--classes", default=None,
               help="Pseudo-count added to every class before KL(train || val).")
 @click.option("--check-images", type=click.Choice(["full", "header"]), default="full",
               show_default=True, help="Decode every image (finds truncated files) or headers.")
+@_image_dir_opt
 def check_cmd(root, fmt, split, val_split, reference, out_dir, classes, iou_threshold,
-              kl_smoothing, check_images):
+              kl_smoothing, check_images, image_dir):
     """Counts, class and box-size histograms, bad files, KL(train || val) and duplicate boxes
     (plus agreement with --reference); writes OUT/check.json and PNG plots."""
     from kft.data.stats import check_dataset
 
     try:
-        names = _split_names(fmt, split, val_split)
-        splits = _read_all(fmt, root, names, _classes_option(classes), check_images)
-        class_names = splits["train"].class_names
-        refs = _read_references(fmt, reference, names, class_names, check_images) \
-            if reference else None
+        with _echo_warnings():
+            fmt = resolve_format(fmt, root)
+            names = default_split_names(fmt, root, split, val_split)
+            splits = _read_all(fmt, root, names, _classes_option(classes), check_images,
+                               image_dir)
+            _print_layout(splits)
+            class_names = splits["train"].class_names
+            refs = _read_references(fmt, reference, names, class_names, check_images) \
+                if reference else None
         result = check_dataset(splits, refs, iou_threshold=iou_threshold,
                                kl_smoothing=kl_smoothing)
     except USER_ERRORS as e:
         _fail(e)
     result.update({"root": str(root), "format": fmt, "split_names": names,
+                   "class_names_source": splits["train"].class_names_source,
+                   "layout": {k: s.layout_note for k, s in splits.items()},
                    "reference_root": None if reference is None else str(reference)})
     result["plots"] = _write_plots(splits, result, Path(out_dir))
     out = Path(out_dir) / "check.json"
@@ -274,7 +386,7 @@ def _augmenter(name: str):
 @_root_arg
 @_format_opt
 @click.option("--split", default=None,
-              help="Split to show [voc: trainval, coco: train2017, cityscapes: train].")
+              help="Split to show [the training split that exists, as in check].")
 @click.option("--n", "num", default=16, show_default=True, type=click.IntRange(min=1),
               help="Number of images.")
 @click.option("--augment", type=click.Choice(AUGMENTS), default="none", show_default=True,
@@ -286,14 +398,19 @@ def _augmenter(name: str):
 @click.option("--cols", default=None, type=click.IntRange(min=1),
               help="Tiles per row (default: a square grid).")
 @_classes_opt
-def browse_cmd(root, fmt, split, num, augment, seed, out, tile, cols, classes):
+@_image_dir_opt
+def browse_cmd(root, fmt, split, num, augment, seed, out, tile, cols, classes, image_dir):
     """A gallery PNG of images with boxes, class names and instance masks overlaid."""
     from kft.data.gallery import browse, save_png
 
     augment_fn = _augmenter(augment)
     try:
-        data_split = read_split(fmt, root, split or DEFAULT_SPLITS[fmt][0],
-                                _classes_option(classes), check_images="header")
+        with _echo_warnings():
+            fmt = resolve_format(fmt, root)
+            split = split or default_split_names(fmt, root, None, "none")["train"]
+            data_split = read_split(fmt, root, split, _classes_option(classes),
+                                    check_images="header", image_dir=image_dir)
+            _print_layout({"train": data_split})
         sheet = browse(data_split, num, seed=seed, augment=augment_fn, tile=tile, cols=cols)
     except USER_ERRORS as e:
         _fail(e)
@@ -303,31 +420,40 @@ def browse_cmd(root, fmt, split, num, augment, seed, out, tile, cols, classes):
                f"{augment}, seed {seed}")
 
 
-@data.command("convert", short_help="Convert voc/cityscapes -> coco, coco -> voc.")
+@data.command("convert", short_help="Convert between voc, coco and yolo (and cityscapes ->).")
 @click.argument("src", type=click.Path(exists=True))
-@click.option("--from", "src_fmt", type=click.Choice(FORMATS), required=True)
-@click.option("--to", "dst_fmt", type=click.Choice(["coco", "voc"]), required=True)
-@click.option("--out", required=True, help="COCO: the JSON file; VOC: the output folder.")
+@click.option("--from", "src_fmt", type=click.Choice(FORMATS), default="auto", show_default=True,
+              help="Layout of SRC (auto: told by its files; a .json file is COCO).")
+@click.option("--to", "dst_fmt", type=click.Choice(WRITE_FORMATS), required=True)
+@click.option("--out", required=True,
+              help="coco: the JSON file; voc / yolo: the output folder (yolo: several splits "
+                   "may go into one folder).")
 @click.option("--split", default=None,
-              help="voc/cityscapes -> coco: the split to read [trainval / train]; coco -> "
-                   "voc: the ImageSets/Main name [the JSON's name without instances_].")
-@click.option("--image-dir", type=click.Path(exists=True, file_okay=False), default=None,
-              help="coco -> voc: the folder the JSON's file_name are relative to.")
+              help="The split to read [as in check]; also the split name written (VOC "
+                   "ImageSets/Main/<split>.txt, YOLO images/<split>). For a COCO JSON SRC: "
+                   "[the JSON's name without instances_].")
+@_image_dir_opt
 @_classes_opt
 def convert_cmd(src, src_fmt, dst_fmt, out, split, image_dir, classes):
-    """Converts voc -> coco, cityscapes -> coco or coco -> voc (SRC: a VOC or Cityscapes
-    folder, or a COCO JSON file)."""
+    """Converts one split of SRC (a dataset folder, or a COCO JSON file) to COCO JSON, a VOC
+    folder or a YOLO folder (images copied as they are)."""
     from kft.data.report import DataReport
 
     report = DataReport()
     try:
-        if (src_fmt, dst_fmt) == ("coco", "voc"):
-            written = _coco_to_voc(src, image_dir, out, split, report)
-        elif dst_fmt == "coco" and src_fmt in ("voc", "cityscapes"):
-            written = _to_coco(src, src_fmt, out, split, _classes_option(classes), report)
-        else:
-            raise ValueError(f"cannot convert {src_fmt} -> {dst_fmt}: supported are voc -> "
-                             "coco, cityscapes -> coco and coco -> voc")
+        with _echo_warnings():
+            src_fmt = resolve_format(src_fmt, src)
+            if src_fmt == dst_fmt:
+                raise ValueError(f"--from {src_fmt} --to {dst_fmt}: nothing to convert")
+            split = split or _source_split(src_fmt, src)
+            classes, inferred = _classes_option(classes), None
+            if src_fmt == "voc" and classes is None:  # over every split, so that the
+                classes, inferred = _infer_voc(src, _available("voc", src) or [split])
+            data_split = read_split(src_fmt, src, split, classes, check_images="header",
+                                    image_dir=image_dir, report=report)  # splits agree
+            data_split.class_names_source = inferred or data_split.class_names_source
+            _print_layout({"train": data_split})
+            written = _write(data_split, src_fmt, src, dst_fmt, out, split, report)
     except USER_ERRORS as e:
         _fail(e)
     counts = report.counts
@@ -339,27 +465,33 @@ def convert_cmd(src, src_fmt, dst_fmt, out, split, image_dir, classes):
         click.echo(f"  ... {len(report.skipped) - 10} more skipped")
 
 
-def _coco_to_voc(src, image_dir, out, split, report) -> Path:
-    from kft.data.convert import coco_to_voc
+def _source_split(fmt: str, src) -> str:
+    """The split converted without ``--split``: a COCO JSON's name (``instances_`` dropped;
+    Roboflow's folder name), else the training split :func:`default_split_names` picks."""
+    src = Path(src)
+    if src.is_file():
+        return src.parent.name if src.name == "_annotations.coco.json" \
+            else src.stem.removeprefix("instances_")
+    return default_split_names(fmt, src, None, "none")["train"]
 
-    if image_dir is None:
-        raise ValueError("coco -> voc needs --image-dir (the folder the JSON's file_name "
-                         "are relative to)")
-    if not Path(src).is_file():
-        raise ValueError(f"coco -> voc: SRC {src} must be the COCO JSON file")
-    return coco_to_voc(src, image_dir, out, split=split, report=report)
 
+def _write(data_split, src_fmt, src, dst_fmt, out, split, report) -> Path:
+    """Writes ``data_split`` in ``dst_fmt``; returns what was written."""
+    from kft.data.convert import write_coco, write_voc, write_yolo
 
-def _to_coco(src, src_fmt, out, split, classes, report) -> Path:
-    from kft.data.convert import voc_to_coco, write_coco
-    from kft.data.readers.cityscapes import read_cityscapes
+    image_root = None
+    if src_fmt == "cityscapes":
+        image_root = Path(src) / "leftImg8bit" / split
+    if dst_fmt == "coco":
+        from kft.data.convert import image_root_of
 
-    split = split or DEFAULT_SPLITS[src_fmt][0]
-    if src_fmt == "voc":
-        classes = classes or voc_class_names(src, [split])
-        return voc_to_coco(src, split, out, class_names=classes, report=report)
-    data_split = read_cityscapes(src, split, report=report, check_images="header")
-    return write_coco(data_split, out, Path(src) / "leftImg8bit" / split)
+        segmentation = "polygon" if any(r.segmentation for r in data_split.records) else None
+        image_root = image_root or image_root_of(data_split)
+        click.echo(f"file_name in {out} are relative to {image_root} (read_coco's image_dir)")
+        return write_coco(data_split, out, image_root, segmentation=segmentation)
+    if dst_fmt == "voc":
+        return write_voc(data_split, out, split, image_root, report=report)
+    return write_yolo(data_split, out, split, report=report)
 
 
 @data.command("make-shapes", short_help="Write the GENERATED shapes dataset.")
@@ -392,5 +524,4 @@ def make_shapes_cmd(directory, num_train, num_val, image_size, classes, max_obje
                f"classes {names}, seed {seed}")
     click.echo(f"  VOC:  {root / 'VOC'} (splits train, val, trainval, test=val)")
     click.echo(f"  COCO: {root / 'COCO'} (annotations/instances_{{train,val}}.json, masks)")
-    click.echo(f"  try: kft data check {root / 'COCO'} --format coco --split train "
-               "--val-split val")
+    click.echo(f"  try: kft data check {root / 'COCO'}")

@@ -207,17 +207,25 @@ def test_clear_errors(shapes, tmp_path):
     missing = tmp_path / "no_such_root"
     result = CliRunner().invoke(kft_main, ["data", "check", str(missing), "--format", "voc"])
     assert result.exit_code == 2 and str(missing) in result.output
-    result = invoke("check", shapes / "VOC", "--format", "yolo")
+    result = invoke("check", shapes / "VOC", "--format", "darknet")
     assert result.exit_code == 2 and "--format" in result.output
+    result = invoke("check", shapes / "VOC", "--format", "yolo")
+    assert result.exit_code == 2 and "looks like voc" in result.output
+    assert "--format voc" in result.output
     result = invoke("browse", shapes / "COCO", "--format", "voc", "--out", tmp_path / "g.png")
     assert result.exit_code == 2 and str(shapes / "COCO") in result.output
     result = invoke("check", shapes / "COCO", "--format", "coco", "--split", "nope",
                     "--out", tmp_path / "c")
     assert result.exit_code == 2 and "instances_nope.json" in result.output
     result = invoke("check", shapes / "COCO", "--format", "coco", "--split", "train",
-                    "--out", tmp_path / "c")  # default val split val2017 does not exist
+                    "--val-split", "val2017", "--out", tmp_path / "c")
     assert result.exit_code == 2 and "instances_val2017.json" in result.output
     assert "--val-split none" in result.output
+    # without --val-split, the val split that exists goes with train
+    result = invoke("check", shapes / "COCO", "--split", "train", "--out", tmp_path / "c")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "c/check.json").read_text())["split_names"] == \
+        {"train": "train", "val": "val"}
 
 
 def test_cityscapes_check_browse_convert(tmp_path):

@@ -1,19 +1,27 @@
-"""COCO detection / instance segmentation as it ships: ``annotations/instances_<split>.json``
-plus an image folder (default ``<root>/<split>``, e.g. ``train2017``).
+"""COCO detection / instance segmentation as COCO, CVAT and Roboflow export it.
+
+The annotation file of a split is found at ``annotations/instances_<split>.json``, else
+``annotations/<split>.json``, else Roboflow's ``<split>/_annotations.coco.json``; its images in
+the first of ``<split>/``, ``images/<split>/``, ``images/`` (CVAT), the JSON's folder or the
+dataset folder that holds the JSON's first ``file_name`` (:mod:`kft.data.readers.layout`; the
+choice is ``split.image_dir`` / ``split.layout_note``).
 
 Category ids are mapped to contiguous 0-based labels in increasing id order (COCO's 80 classes
-with ids 1..90 become labels 0..79); ``DetectionSplit.label_to_category`` maps back. ``bbox``
-``[x, y, w, h]`` becomes half-open ``xyxy``; ``iscrowd`` is kept as a flag; segmentations
-(polygons, compressed or uncompressed RLE) are checked here and decoded on request by
-:func:`kft.data.readers.detection.decode_masks`. An optional non-standard ``"difficult": 1`` on
-an annotation (written by :func:`kft.data.convert.voc_to_coco`) is read too.
+with ids 1..90 become labels 0..79); ``DetectionSplit.label_to_category`` maps back. A Roboflow
+export's extra category ``0`` (the dataset name, supercategory of every other category, with
+no annotation) is left out and reported. ``bbox`` ``[x, y, w, h]`` becomes half-open ``xyxy``;
+``iscrowd`` is kept as a flag; segmentations (polygons, compressed or uncompressed RLE) are
+checked here and decoded on request by :func:`kft.data.readers.detection.decode_masks`. An
+optional non-standard ``"difficult": 1`` on an annotation (written by
+:func:`kft.data.convert.voc_to_coco`) is read too.
 
 A JSON file that cannot be parsed raises ``ValueError`` naming the file and the position; a
 missing ``images`` or ``categories`` list or a repeated category id raises
 :class:`~kft.data.readers.detection.AnnotationError`. Everything else (bad image entries,
 duplicate image ids, annotations pointing to unknown images or categories, bad boxes and
 segmentations, missing image files) is skipped and reported, with ``field`` naming the JSON
-element (``"annotations[17].bbox"``).
+element (``"annotations[17].bbox"``); a call that keeps no object although the file has some
+raises :class:`~kft.data.readers.detection.AnnotationsLostError`.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from pathlib import Path
 from kft.data.readers.detection import (
     AnnotationError,
     DetectionSplit,
+    LossCheck,
     ObjectList,
     check_box,
     check_polygons,
@@ -34,6 +43,12 @@ from kft.data.readers.detection import (
     to_number,
     unknown_class,
     verified_size,
+)
+from kft.data.readers.layout import (
+    ROBOFLOW_COCO_JSON,
+    find_coco_annotation,
+    find_coco_image_dir,
+    first_file_names,
 )
 from kft.data.report import DataReport
 
@@ -89,6 +104,27 @@ def parse_categories(data: dict, path) -> tuple[list[str], dict[int, int], dict[
             dict(enumerate(ids)))
 
 
+def drop_roboflow_dataset_category(data: dict, path, report: DataReport) -> dict:
+    """``data`` without Roboflow's dataset-name category: in a ``_annotations.coco.json``, a
+    category that is the ``supercategory`` of every other one and that no annotation uses
+    (reported, counted as ``categories_dropped``). Other files come back unchanged."""
+    cats = data.get("categories")
+    if Path(path).name != ROBOFLOW_COCO_JSON or not isinstance(cats, list) or len(cats) < 2 \
+            or not all(isinstance(c, dict) for c in cats):
+        return data
+    used = {a.get("category_id") for a in data.get("annotations") or [] if isinstance(a, dict)}
+    for i, cat in enumerate(cats):
+        others = [c for c in cats if c is not cat]
+        if cat.get("id") not in used and isinstance(cat.get("name"), str) and \
+                all(c.get("supercategory") == cat["name"] for c in others):
+            report.convert(path, f"categories[{i}]: {cat['name']!r} (id {cat.get('id')}) is "
+                           "Roboflow's dataset name, the supercategory of every other category "
+                           "with no annotation: left out of class_names")
+            report.count("categories_dropped")
+            return {**data, "categories": others}
+    return data
+
+
 def parse_images(data: dict, path, report: DataReport) -> dict[int | str, dict]:
     """``{image id: image entry}`` in file order. Entries without an id or a ``file_name`` and
     repeated ids (the later entry) are skipped and reported."""
@@ -118,7 +154,7 @@ def parse_images(data: dict, path, report: DataReport) -> dict[int | str, dict]:
 
 
 def group_annotations(data: dict, images: dict, category_to_label: dict[int, int], path, *,
-                      report: DataReport, strict: bool) -> dict:
+                      report: DataReport, strict: bool, loss: LossCheck | None = None) -> dict:
     """``{image id: [(index, annotation), ...]}`` for annotations whose image and category
     are known; the others are reported (unknown category: :class:`AnnotationError` when
     ``strict``). A file without ``annotations`` (COCO test-dev) has none."""
@@ -143,7 +179,8 @@ def group_annotations(data: dict, images: dict, category_to_label: dict[int, int
             message = (f"annotation id {ann.get('id')} has unknown category id "
                        f"{describe_value(cid)}")
             unknown_class(message, category_to_label, path=path,
-                          field_name=f"{where}.category_id", report=report, strict=strict)
+                          field_name=f"{where}.category_id", report=report, strict=strict,
+                          loss=loss, name=cid)
             continue
         grouped[image_id].append((i, ann))
     return grouped
@@ -203,9 +240,13 @@ def parse_bbox(ann: dict, height: int, width: int, *, path, field_name: str,
 
 
 def read_coco_image(entry: dict, anns: list, image_dir: Path, category_to_label, *, path,
-                    report: DataReport):
+                    report: DataReport, empty_segmentations: list | None = None):
     """One image's record and its ``needs_scan`` flag, or ``(None, False)`` when its image
-    file is missing or unreadable (reported, with its annotations counted)."""
+    file is missing or unreadable (reported, with its annotations counted).
+
+    With ``empty_segmentations`` (a list), an annotation whose ``segmentation`` is ``[]`` (what
+    CVAT and Roboflow write for a plain box) is taken as one without a segmentation and its
+    field appended there, for the caller to report once per file."""
     image = image_dir / entry["file_name"]
     header = image_header(str(image), report)
     if header is None:
@@ -221,9 +262,13 @@ def read_coco_image(entry: dict, anns: list, image_dir: Path, category_to_label,
                          report=report)
         if box is None:
             continue
-        seg = parse_segmentation(ann, height, width, path=path,
-                                 field_name=f"{where}.segmentation", report=report)
-        any_segmentation |= "segmentation" in ann
+        if empty_segmentations is not None and ann.get("segmentation") == []:
+            empty_segmentations.append(f"{where}.segmentation")
+            seg = None
+        else:
+            seg = parse_segmentation(ann, height, width, path=path,
+                                     field_name=f"{where}.segmentation", report=report)
+            any_segmentation |= "segmentation" in ann
         objects.add(box, category_to_label[ann["category_id"]],
                     difficult=parse_flag(ann, "difficult", path=path,
                                          field_name=f"{where}.difficult", report=report),
@@ -238,14 +283,18 @@ def read_coco_image(entry: dict, anns: list, image_dir: Path, category_to_label,
 def read_coco(root=None, split: str = "train2017", *, annotation_file=None, image_dir=None,
               strict: bool = False, report: DataReport | None = None,
               check_images: str = "full", cache_dir=None) -> DetectionSplit:
-    """Reads one COCO-format split.
+    """Reads one COCO-format split (COCO, CVAT or Roboflow layout, see the module docstring).
 
     Args:
-        root: dataset folder holding ``annotations/instances_<split>.json`` and ``<split>/``.
-        split: the split name used for both default paths (``"train2017"``, ``"val2017"``).
-        annotation_file: the JSON file (default ``<root>/annotations/instances_<split>.json``).
-        image_dir: folder the images' ``file_name`` are relative to (default
-            ``<root>/<split>``).
+        root: dataset folder (``annotations/``, ``<split>/``, ``images/``, ...); may be
+            ``None`` with ``annotation_file`` (then the JSON's folder, or the folder above an
+            ``annotations/`` folder).
+        split: the split name used to find both (``"train2017"``, ``"train"``, ``"valid"``,
+            ``"default"`` for CVAT's ``instances_default.json``).
+        annotation_file: the JSON file (default: found by
+            :func:`~kft.data.readers.layout.find_coco_annotation`).
+        image_dir: folder the images' ``file_name`` are relative to (default: found by
+            :func:`~kft.data.readers.layout.find_coco_image_dir`).
         strict: an unknown category id raises :class:`AnnotationError` instead of skipping.
         report, check_images, cache_dir: as in :func:`kft.data.readers.voc.read_voc`.
 
@@ -253,31 +302,43 @@ def read_coco(root=None, split: str = "train2017", *, annotation_file=None, imag
         A :class:`DetectionSplit`; records follow the order of ``images`` in the file, image
         ids are the JSON ids, ``label_to_category`` maps labels back to category ids. Records
         have ``segmentation`` when at least one of their annotations has the key.
+        ``image_dir`` and ``layout_note`` say where the files were found.
     """
     report = DataReport() if report is None else report
-    if annotation_file is None or image_dir is None:
+    if annotation_file is None:
         if root is None:
-            raise ValueError("read_coco needs root, or both annotation_file and image_dir")
+            raise ValueError("read_coco needs root, or annotation_file")
         root = Path(root).expanduser()
-    path = Path(annotation_file if annotation_file is not None
-                else root / "annotations" / f"instances_{split}.json").expanduser()
-    image_dir = Path(image_dir if image_dir is not None else root / split).expanduser()
+        path = find_coco_annotation(root, split)
+    else:
+        path = Path(annotation_file).expanduser()
+        if root is None:
+            root = path.parent.parent if path.parent.name == "annotations" else path.parent
+        root = Path(root).expanduser()
     data = load_json(path)
     if not isinstance(data, dict):
         raise AnnotationError(path, None, f"top level is a {type(data).__name__}, expected an "
                               "object with 'images', 'annotations' and 'categories'")
+    data = drop_roboflow_dataset_category(data, path, report)
     class_names, category_to_label, label_to_category = parse_categories(data, path)
     images = parse_images(data, path, report)
-    if not image_dir.is_dir():
-        raise FileNotFoundError(f"image folder {image_dir} (for {path}) does not exist")
+    image_dir, note = find_coco_image_dir(root, split, path, first_file_names(data), image_dir)
+    loss = LossCheck(report, path, class_word="category ids",
+                     unknown_hint=f"the file's categories have ids "
+                                  f"{sorted(category_to_label)[:20]}")
     grouped = group_annotations(data, images, category_to_label, path, report=report,
-                                strict=strict)
-    records, needs_scan = [], []
+                                strict=strict, loss=loss)
+    records, needs_scan, empty = [], [], []
     for image_id, entry in images.items():
         record, scan = read_coco_image(entry, grouped[image_id], image_dir, category_to_label,
-                                       path=path, report=report)
+                                       path=path, report=report, empty_segmentations=empty)
         if record is not None:
             records.append(record)
             needs_scan.append(scan)
+    if empty:
+        report.skip(path, f"{len(empty)} annotation(s) have an empty segmentation [] (CVAT and "
+                    "Roboflow write it for plain boxes): their boxes are kept without a mask",
+                    field=empty[0])
     return finish_split(records, needs_scan, class_names, label_to_category, report,
-                        check_images, cache_dir)
+                        check_images, cache_dir, loss=loss, class_names_source="file",
+                        image_dir=image_dir, layout_note=note)

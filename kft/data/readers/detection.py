@@ -24,6 +24,11 @@ Problems found while reading go into a :class:`~kft.data.report.DataReport`:
   clipped to the image, or an image size taken from the image instead of the annotation. The
   reason starts with the field.
 * ``report.count(key)``: totals; see :data:`COUNT_KEYS`.
+
+Lost objects are never silent in the Python API either: a reader hands a :class:`LossCheck`
+to :func:`finish_split`, which raises :class:`AnnotationsLostError` when the call kept no
+object although the files had some (all with unknown class names, say) and warns when more
+than half were dropped.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import dataclasses
 import math
 import os
 import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,6 +47,17 @@ from kft.data.images import scan_images, to_rgb
 from kft.data.report import DataReport
 
 CHECK_IMAGES = ("full", "header")
+CLASS_NAMES_SOURCES = ("given", "voc", "inferred", "file", "fixed")
+# Counters of objects a reader found in the files but did not keep (difficult_excluded is the
+# caller's choice and Cityscapes' ignored labels are by design, so neither counts as lost).
+LOST_KEYS = {
+    "objects_unknown_class": "with a class not in class_names",
+    "objects_invalid": "with a missing or unusable field",
+    "boxes_degenerate": "with a zero or negative width/height",
+    "boxes_outside": "with a box outside the image",
+    "objects_dropped_with_image": "with their image or annotation file (missing/unreadable)",
+}
+WARN_LOST_SHARE = 0.5
 COUNT_KEYS = {
     "images": "records returned",
     "objects": "objects returned",
@@ -63,6 +80,12 @@ COUNT_KEYS = {
     "objects_ignored_label": "Cityscapes objects of a label without instances (road, ...)",
     "objects_deleted": "Cityscapes objects marked 'deleted'",
     "crowd_as_difficult": "coco_to_voc: crowd objects written as difficult",
+    "images_without_label_file": "YOLO images without a label file (background images)",
+    "label_files_without_image": "YOLO label files whose image does not exist (skipped)",
+    "files_not_images": "YOLO: files in an image folder that are not images (skipped)",
+    "categories_dropped": "COCO categories left out of class_names (Roboflow's dataset name)",
+    "crowd_skipped": "write_yolo: crowd regions not written (YOLO has no crowd flag)",
+    "difficult_as_plain": "write_yolo: difficult objects written as ordinary ones",
 }  # plus scan_images' own "scanned", "usable", "converted", "skipped"
 _EXIF_ORIENTATION = 0x0112
 _AS_IS_MODES = ("L", "RGB")
@@ -118,13 +141,24 @@ class DetectionSplit:
     """What a reader returns: records, class names (index = label) and the report.
 
     ``label_to_category`` maps a 0-based label back to the dataset's own category id (COCO),
-    ``None`` when the dataset has none (VOC, Cityscapes).
+    ``None`` when the dataset has none (VOC, Cityscapes, YOLO).
+
+    ``class_names_source`` says where ``class_names`` come from: ``"given"`` (the caller's),
+    ``"voc"`` (the 20 VOC classes, because every annotated name is one), ``"inferred"`` (the
+    sorted names found in the annotations), ``"file"`` (the dataset's own list: COCO
+    ``categories``, YOLO ``data.yaml``) or ``"fixed"`` (the reader's list: Cityscapes).
+    ``image_dir`` is the folder the images were found in (``None`` when the reader has no one
+    folder) and ``layout_note`` one line saying how the reader found its files, for a caller to
+    print (``"images of train: data/x/images (CVAT layout)"``), or ``None``.
     """
 
     records: list[DetectionRecord]
     class_names: list[str]
     label_to_category: dict[int, int] | None
     report: DataReport
+    class_names_source: str = "given"
+    image_dir: str | None = None
+    layout_note: str | None = None
 
     def __len__(self) -> int:
         return len(self.records)
@@ -136,8 +170,8 @@ class DetectionSplit:
     def subset(self, indices) -> DetectionSplit:
         """The split restricted to ``records[i]`` for ``i`` in ``indices`` (same classes; the
         report stays with the whole split)."""
-        return DetectionSplit([self.records[int(i)] for i in indices], list(self.class_names),
-                              self.label_to_category, DataReport())
+        return dataclasses.replace(self, records=[self.records[int(i)] for i in indices],
+                                   class_names=list(self.class_names), report=DataReport())
 
     def holdout(self, fraction: float, seed: int) -> tuple[DetectionSplit, DetectionSplit]:
         """``(rest, held out)``: a seeded random ``fraction`` of the images (at least one,
@@ -179,7 +213,9 @@ def align_classes(train: DetectionSplit, other: DetectionSplit, train_source: st
         spare = iter(range(max(by_name.values(), default=0) + 1, 1 << 30))
         categories = {i: int(by_name[c]) if c in by_name else next(spare)
                       for i, c in enumerate(train.class_names)}
-    return DetectionSplit(records, list(train.class_names), categories, other.report)
+    return dataclasses.replace(other, records=records, class_names=list(train.class_names),
+                               label_to_category=categories,
+                               class_names_source=train.class_names_source)
 
 
 @dataclass
@@ -233,13 +269,101 @@ def describe_value(value) -> str:
 
 
 def unknown_class(message: str, known, *, path, field_name: str, report: DataReport,
-                  strict: bool) -> None:
+                  strict: bool, loss: LossCheck | None = None, name=None) -> None:
     """An object whose class is not among the split's classes: raises :class:`AnnotationError`
-    when ``strict``, otherwise reports the skip (counted as ``objects_unknown_class``)."""
+    when ``strict``, otherwise reports the skip (counted as ``objects_unknown_class``) and
+    notes the unknown ``name`` (class name, category id or class index) in ``loss``."""
     if strict:
         raise AnnotationError(path, field_name, f"{message}; known: {sorted(known)}")
     report.skip(path, message, field=field_name)
     report.count("objects_unknown_class")
+    if loss is not None:
+        loss.unknown(name)
+
+
+class AnnotationsLostError(ValueError):
+    """A reader call kept no object although its files had some; ``report`` holds every
+    skipped object with its file and field."""
+
+    def __init__(self, message: str, report: DataReport):
+        super().__init__(message)
+        self.report = report
+
+
+class LossCheck:
+    """Counts what one reader call lost, as differences of the report's counters (so a report
+    shared by several calls is fine), and refuses or warns when it is too much.
+
+    ``source`` names what was read in the messages (a split file, a JSON file, a folder);
+    ``unknown_hint`` is appended when every lost object had an unknown class
+    (``"pass class_names=None to infer them"``); ``class_word`` names the unknown values
+    (``"class names"``, ``"category ids"``, ``"class indices"``).
+    """
+
+    def __init__(self, report: DataReport, source, *, unknown_hint: str = "",
+                 class_word: str = "class names"):
+        self.report, self.source = report, str(source)
+        self.unknown_hint, self.class_word = unknown_hint, class_word
+        self._counts = dict(report.counts)
+        self._first_skip = len(report.skipped)
+        self.unknown_names: Counter = Counter()
+
+    def unknown(self, name) -> None:
+        """Notes one object whose class ``name`` is unknown (shown as an example)."""
+        self.unknown_names[name] += 1
+
+    def delta(self, key: str) -> int:
+        """How much counter ``key`` grew since this check was made."""
+        return self.report.counts.get(key, 0) - self._counts.get(key, 0)
+
+    def lost(self) -> dict[str, int]:
+        """``{counter: objects lost}`` for the :data:`LOST_KEYS` that grew."""
+        return {k: n for k in LOST_KEYS if (n := self.delta(k)) > 0}
+
+    def _examples(self, limit: int = 3) -> str:
+        entries = self.report.skipped[self._first_skip:][:limit]
+        return "; ".join(f"{e['path']}" + (f" [{e['field']}]" if e["field"] else "")
+                         + f": {e['reason']}" for e in entries)
+
+    def _names(self, limit: int = 5) -> str:
+        names = [repr(n) for n, _ in self.unknown_names.most_common(limit)]
+        more = len(self.unknown_names) - len(names)
+        return ", ".join(names) + (f" and {more} more" if more > 0 else "")
+
+    def message(self, kept: int) -> str | None:
+        """Why this call lost objects (``None`` when it lost none)."""
+        lost = self.lost()
+        dropped = sum(lost.values())
+        if not dropped:
+            return None
+        found = kept + dropped
+        head = f"all {found}" if kept == 0 else f"{dropped} of {found}"
+        if set(lost) == {"objects_unknown_class"} and self.unknown_names:
+            text = (f"{head} objects of {self.source} have {self.class_word} not in "
+                    f"class_names: {self._names()}")
+            return text + (f"; {self.unknown_hint}" if self.unknown_hint else "")
+        parts = [f"{n} {LOST_KEYS[k]}" + (f" ({self._names()})"
+                                          if k == "objects_unknown_class" and
+                                          self.unknown_names else "")
+                 for k, n in lost.items()]
+        text = f"{head} objects of {self.source} were dropped: " + ", ".join(parts)
+        if "objects_unknown_class" in lost and self.unknown_hint:
+            text += f"; {self.unknown_hint}"
+        examples = self._examples()
+        return text + (f"; e.g. {examples}" if examples else "")
+
+    def check(self, kept: int) -> None:
+        """Raises :class:`AnnotationsLostError` when ``kept == 0`` and objects were lost;
+        ``warnings.warn`` when more than :data:`WARN_LOST_SHARE` of them were."""
+        text = self.message(kept)
+        if text is None:
+            return
+        dropped = sum(self.lost().values())
+        if kept == 0:
+            raise AnnotationsLostError(text + " (every skip is in the split's report: "
+                                       "DataReport.skipped)", self.report)
+        if dropped > WARN_LOST_SHARE * (kept + dropped):
+            warnings.warn(text, UserWarning, stacklevel=4)
 
 
 def check_box(box, height: int, width: int, *, path, field_name: str,
@@ -356,8 +480,15 @@ def verified_size(header: ImageHeader, height, width, *, image_path, annotation_
 
 def finish_split(records: list[DetectionRecord], needs_scan: list[bool], class_names,
                  label_to_category, report: DataReport, check_images: str = "full",
-                 cache_dir=None) -> DetectionSplit:
+                 cache_dir=None, *, loss: LossCheck | None = None,
+                 class_names_source: str = "fixed", image_dir=None,
+                 layout_note: str | None = None) -> DetectionSplit:
     """Runs :func:`kft.data.images.scan_images` over the records' images and returns the split.
+
+    With ``loss`` (made when the reader started), :meth:`LossCheck.check` runs on the kept
+    objects: :class:`AnnotationsLostError` when none is left although the files had some, a
+    warning when most were dropped. ``class_names_source``, ``image_dir`` and ``layout_note``
+    go to the :class:`DetectionSplit`.
 
     ``check_images="full"``: every image is decoded once with PIL (finds truncated files;
     slow on COCO-sized sets). ``"header"``: only images whose header asks for it (``needs_scan``)
@@ -380,10 +511,19 @@ def finish_split(records: list[DetectionRecord], needs_scan: list[bool], class_n
         elif path != record.image_path:
             record.source_path, record.image_path = record.image_path, path
     kept = [r for i, r in enumerate(records) if i not in dropped]
+    num_objects = sum(r.num_objects for r in kept)
     report.count("images", len(kept))
-    report.count("objects", sum(r.num_objects for r in kept))
+    report.count("objects", num_objects)
     report.count("images_without_objects", sum(r.num_objects == 0 for r in kept))
-    return DetectionSplit(kept, list(class_names), label_to_category, report)
+    if class_names_source not in CLASS_NAMES_SOURCES:
+        raise ValueError(f"class_names_source={class_names_source!r}: expected one of "
+                         f"{CLASS_NAMES_SOURCES}")
+    if loss is not None:
+        loss.check(num_objects)
+    return DetectionSplit(kept, list(class_names), label_to_category, report,
+                          class_names_source=class_names_source,
+                          image_dir=None if image_dir is None else str(image_dir),
+                          layout_note=layout_note)
 
 
 def load_image(record: DetectionRecord) -> np.ndarray:

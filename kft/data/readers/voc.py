@@ -11,6 +11,12 @@ Conventions (see :mod:`kft.data.readers.detection`): VOC's 1-based inclusive pix
 ``<size>`` that disagrees is reported. ``difficult`` objects are kept with a flag unless
 ``exclude_difficult=True``. Unknown class names skip the object (reported with file and name),
 or raise with ``strict=True``.
+
+Class names: ``class_names=None`` infers them (:func:`infer_voc_class_names`): the 20
+:data:`VOC_CLASSES` when every annotated object name is one of them, else the sorted set of
+names found in the split's annotations (a custom-class folder exported by CVAT, LabelImg or
+Roboflow). A call that keeps no object although the files had some raises
+:class:`~kft.data.readers.detection.AnnotationsLostError`; one that drops most of them warns.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from xml.etree import ElementTree as ET
 from kft.data.readers.detection import (
     DetectionRecord,
     DetectionSplit,
+    LossCheck,
     ObjectList,
     check_box,
     describe_value,
@@ -88,6 +95,40 @@ def read_split_ids(root, split: str, report: DataReport) -> list[str]:
     return ids
 
 
+def _object_names(xml: Path) -> set[str]:
+    """The non-empty ``<object><name>`` texts of one annotation file (empty when it cannot be
+    read: the reader reports that)."""
+    try:
+        tree = ET.parse(xml).getroot()
+    except (ET.ParseError, OSError, UnicodeDecodeError):
+        return set()
+    return {(o.findtext("name") or "").strip() for o in tree.iter("object")} - {""}
+
+
+def infer_voc_class_names(roots, splits) -> list[str]:
+    """Class names for VOC folders: :data:`VOC_CLASSES` (in their usual order) when every
+    object name in the annotations of ``splits`` (``ImageSets/Main/<split>.txt``) of every root
+    is a VOC class, else the sorted set of names found.
+
+    ``roots``: a folder or a list; ``splits``: a name or a list (pass train and val together so
+    both get the same labels). Missing split files and unreadable annotations are left for
+    :func:`read_voc` to report.
+    """
+    roots = [roots] if isinstance(roots, str | os.PathLike) else list(roots)
+    splits = [splits] if isinstance(splits, str) else list(splits)
+    found: set[str] = set()
+    for root in map(Path, roots):
+        for split in splits:
+            ids_file = root / "ImageSets" / "Main" / f"{split}.txt"
+            if not ids_file.is_file():
+                continue
+            for line in ids_file.read_text(errors="replace").splitlines():
+                parts = line.split()
+                if parts:
+                    found |= _object_names(root / "Annotations" / f"{parts[0]}.xml")
+    return list(VOC_CLASSES) if found <= set(VOC_CLASSES) else sorted(found)
+
+
 def find_image(root: Path, stem: str, xml_filename: str | None) -> Path:
     """``JPEGImages/<stem>.jpg``, else the XML's ``<filename>``, else ``<stem>`` with another
     image suffix; the ``.jpg`` path when none exists (so the report names the expected file)."""
@@ -139,9 +180,10 @@ def parse_bndbox(obj: ET.Element, *, path, field_name: str,
 
 
 def parse_objects(tree: ET.Element, height: int, width: int, class_index: dict[str, int], *,
-                  path, report: DataReport, strict: bool,
-                  exclude_difficult: bool) -> ObjectList:
-    """Every usable ``<object>`` of one annotation; the others are reported and skipped."""
+                  path, report: DataReport, strict: bool, exclude_difficult: bool,
+                  loss: LossCheck | None = None) -> ObjectList:
+    """Every usable ``<object>`` of one annotation; the others are reported and skipped
+    (unknown names also noted in ``loss``)."""
     objects = ObjectList()
     for i, obj in enumerate(tree.findall("object")):
         where = f"object[{i}]"
@@ -153,7 +195,7 @@ def parse_objects(tree: ET.Element, height: int, width: int, class_index: dict[s
         if name not in class_index:
             message = f"unknown class name {name!r} (not in class_names)"
             unknown_class(message, class_index, path=path, field_name=f"{where}.name",
-                          report=report, strict=strict)
+                          report=report, strict=strict, loss=loss, name=name)
             continue
         difficult = parse_difficult(obj, path=path, field_name=f"{where}.difficult",
                                     report=report)
@@ -172,8 +214,8 @@ def parse_objects(tree: ET.Element, height: int, width: int, class_index: dict[s
 
 
 def read_voc_image(root: Path, stem: str, image_id: str, class_index: dict[str, int], *,
-                   report: DataReport, strict: bool,
-                   exclude_difficult: bool) -> tuple[DetectionRecord | None, bool]:
+                   report: DataReport, strict: bool, exclude_difficult: bool,
+                   loss: LossCheck | None = None) -> tuple[DetectionRecord | None, bool]:
     """One image's record and its ``needs_scan`` flag, or ``(None, False)`` when the
     annotation or the image cannot be used (reported)."""
     xml = root / "Annotations" / f"{stem}.xml"
@@ -197,7 +239,7 @@ def read_voc_image(root: Path, stem: str, image_id: str, class_index: dict[str, 
         header, tree.findtext("size/height"), tree.findtext("size/width"),
         image_path=image, annotation_path=xml, field_name="size", report=report)
     objects = parse_objects(tree, height, width, class_index, path=xml, report=report,
-                            strict=strict, exclude_difficult=exclude_difficult)
+                            strict=strict, exclude_difficult=exclude_difficult, loss=loss)
     record = objects.record(image, image_id, height, width, annotation_path=xml)
     return record, header.needs_scan
 
@@ -218,7 +260,8 @@ def read_voc(roots, split: str = "trainval", *, class_names=None,
         roots: a VOC folder (``VOCdevkit/VOC2007``) or a list of them, combined in order.
         split: ``ImageSets/Main/<split>.txt`` in every root (``train``, ``val``, ``trainval``,
             ``test``); missing -> ``FileNotFoundError`` listing the splits that exist.
-        class_names: label order; default :data:`VOC_CLASSES`.
+        class_names: label order; ``None`` infers it with :func:`infer_voc_class_names` over
+            this split (``split.class_names_source`` says ``"voc"`` or ``"inferred"``).
         exclude_difficult: drop ``difficult`` objects (counted as ``difficult_excluded``).
         strict: an unknown class name raises :class:`AnnotationError` instead of being skipped.
         report: receives every skip/correction (a new one when ``None``).
@@ -228,24 +271,41 @@ def read_voc(roots, split: str = "trainval", *, class_names=None,
 
     Returns:
         A :class:`DetectionSplit` with ``label_to_category=None``.
+
+    Raises:
+        AnnotationsLostError: no object kept although the annotations had some (e.g. every
+            name unknown to ``class_names``); most objects dropped only warns.
     """
     report = DataReport() if report is None else report
     roots = [roots] if isinstance(roots, str | os.PathLike) else list(roots)
     if not roots:
         raise ValueError("read_voc needs at least one VOC root")
     roots = [check_voc_root(r) for r in roots]
-    class_names = list(VOC_CLASSES if class_names is None else class_names)
+    split_files = [r / "ImageSets" / "Main" / f"{split}.txt" for r in roots]
+    ids = [read_split_ids(root, split, report) for root in roots]
+    if class_names is None:
+        class_names = infer_voc_class_names(roots, [split])
+        source = "voc" if class_names == list(VOC_CLASSES) else "inferred"
+    else:
+        class_names, source = list(class_names), "given"
     if len(set(class_names)) != len(class_names):
         raise ValueError(f"class_names has repeated names: {class_names}")
     class_index = {name: i for i, name in enumerate(class_names)}
+    hint = ("pass class_names=None to infer them" if source == "given"
+            else "")
+    loss = LossCheck(report, ", ".join(map(str, split_files)), unknown_hint=hint)
     records, needs_scan = [], []
-    for root, prefix in zip(roots, _root_prefixes(roots), strict=True):
-        for stem in read_split_ids(root, split, report):
+    for root, prefix, stems in zip(roots, _root_prefixes(roots), ids, strict=True):
+        for stem in stems:
             record, scan = read_voc_image(root, stem, f"{prefix}/{stem}", class_index,
                                           report=report, strict=strict,
-                                          exclude_difficult=exclude_difficult)
+                                          exclude_difficult=exclude_difficult, loss=loss)
             if record is not None:
                 records.append(record)
                 needs_scan.append(scan)
+    note = f"classes of {split}: {class_names} (inferred from the annotations)" \
+        if source == "inferred" else None
     return finish_split(records, needs_scan, class_names, None, report, check_images,
-                        cache_dir)
+                        cache_dir, loss=loss, class_names_source=source,
+                        image_dir=roots[0] / "JPEGImages" if len(roots) == 1 else None,
+                        layout_note=note)
