@@ -23,7 +23,7 @@ RECIPE = Recipe(
     name="ssd512_voc",
     task="detection",
     description="SSD512-VGG16, VOC07+12 trainval",
-    data=Data(root="", format="voc", image_size=512, resize="fixed", train_split="trainval",
+    data=Data(root="", format="auto", image_size=512, resize="fixed", train_split="trainval",
               val_split="test", max_instances=64, detection_augment="ssd"),
     # the paper's VOC default boxes (Caffe SSD512 sizes) and strides
     model=Model(arch="ssd512_vgg16", ssd=SSDSettings(steps=SSD512_STEPS, neg_pos_ratio=3.0)),

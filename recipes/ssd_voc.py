@@ -23,7 +23,7 @@ RECIPE = Recipe(
     name="ssd300_voc",
     task="detection",
     description="SSD300-VGG16, VOC07+12 trainval",
-    data=Data(root="", format="voc", image_size=300, resize="fixed", train_split="trainval",
+    data=Data(root="", format="auto", image_size=300, resize="fixed", train_split="trainval",
               val_split="test", max_instances=64, detection_augment="ssd"),
     # the paper's VOC default boxes: scales 0.1, 0.2 ... 1.05 and Caffe's strides
     model=Model(arch="ssd300_vgg16",

@@ -28,7 +28,7 @@ RECIPE = Recipe(
     name="ssdlite_mobilenet_voc",
     task="detection",
     description="SSDLite320-MobileNetV3-Large, VOC07+12 trainval, INT8 TFLite",
-    data=Data(root="", format="voc", image_size=320, resize="fixed", train_split="trainval",
+    data=Data(root="", format="auto", image_size=320, resize="fixed", train_split="trainval",
               val_split="test", max_instances=64, detection_augment="ssd"),
     model=Model(arch="ssdlite_mobilenet_v3", ssd=SSDSettings(neg_pos_ratio=3.0)),
     train=Train(

@@ -20,28 +20,92 @@ from kft.models.ssd import SSD, ArchError
 from kft.tasks import Task, TaskData
 
 
-def read_split(data: cfg.Data, split: str, run_dir: Path, root: str | None = None,
-               seed: int = 0):
-    """A :class:`DetectionSplit` of ``root`` (default ``data.root``) in ``data.format``.
+def _roots(root: str) -> list[str]:
+    """``"VOC2007,VOC2012"`` -> both folders (VOC 07+12); any other root is one folder."""
+    return [r.strip() for r in root.split(",") if r.strip()]
 
-    With ``data.generate="shapes"`` and a missing root, kft's generated shapes dataset is
-    written first (see :func:`generate_shapes`).
-    """
-    fmt, root = data.format, root or data.root
+
+def ensure_root(data: cfg.Data, root: str | None = None, seed: int = 0) -> str:
+    """``root`` (default ``data.root``) after checking that it exists; with
+    ``data.generate="shapes"`` a missing root is generated first (:func:`generate_shapes`)."""
+    root = root or data.root
     if not root:
         raise cfg.ConfigError("data.root is empty: set --set data.root=<dataset folder>")
-    if data.generate and not Path(root.split(",")[0]).exists():
+    if data.generate and not Path(_roots(root)[0]).exists():
         generate_shapes(data, root, seed)
     elif data.generate:
         _warn_if_generated_differently(data, root, seed)
-    if not Path(root.split(",")[0]).exists():
-        raise cfg.ConfigError(f"data.root={root!r} does not exist")
+    missing = [r for r in _roots(root) if not Path(r).exists()]
+    if missing:
+        raise cfg.ConfigError(f"data.root={root!r}: {missing[0]} does not exist")
+    return root
+
+
+def resolve_layout(data: cfg.Data, seed: int = 0) -> list:
+    """What reading settles about the data (a list of :class:`kft.train.plan.Change`):
+    ``data.format`` when it is "" / "auto" (detected from the folder,
+    :func:`kft.data.readers.layout.detect_format`) and VOC ``data.class_names`` when empty
+    (the 20 VOC classes when every annotated name is one of them, else the sorted names found
+    in the train and val split files, :func:`kft.data.readers.voc.infer_voc_class_names`)."""
+    from kft.data.readers.layout import detect_format
+    from kft.data.readers.voc import infer_voc_class_names
+    from kft.train.plan import Change
+
+    changes = []
+    ensure_root(data, seed=seed)
+    fmt = data.format
+    if fmt in ("", "auto"):
+        try:
+            fmt, reason = detect_format(_roots(data.root)[0])
+        except FileNotFoundError as e:
+            raise cfg.ConfigError(f"data.root={data.root!r}: {e} (data.format)") from None
+        changes.append(Change("data.format", data.format, fmt, f"detected: {reason}"))
     if fmt not in DETECTION_FORMATS:
         raise cfg.ConfigError(f"data.format={fmt!r} must be one of {list(DETECTION_FORMATS)}")
-    if fmt == "voc":
-        root = [r.strip() for r in root.split(",") if r.strip()]  # "VOC2007,VOC2012" = 07+12
-    return read_detection(fmt, root, split, class_names=list(data.class_names) or None,
-                          cache_dir=run_dir / "cache" / "converted")
+    if fmt == "voc" and not data.class_names:
+        roots = _roots(data.root) + (_roots(data.val_root) if data.val_root else [])
+        names = infer_voc_class_names(list(dict.fromkeys(roots)),
+                                      [data.train_split, data.val_split])
+        if names:
+            from kft.data.readers.voc import VOC_CLASSES
+
+            why = ("the 20 VOC classes: every annotated name is one" if tuple(names) ==
+                   tuple(VOC_CLASSES) else f"inferred: the {len(names)} names in the "
+                   f"annotations of {data.train_split!r} and {data.val_split!r}")
+            changes.append(Change("data.class_names", (), tuple(names), why))
+    return changes
+
+
+def read_split(data: cfg.Data, split: str, run_dir: Path, root: str | None = None,
+               seed: int = 0, verbose: bool = True):
+    """A :class:`DetectionSplit` of ``root`` (default ``data.root``) in ``data.format``
+    (resolved: see :func:`resolve_layout`).
+
+    With ``data.generate="shapes"`` and a missing root, kft's generated shapes dataset is
+    written first (see :func:`generate_shapes`). A split that loses every annotation (e.g. class
+    names that match none of the files') is a ConfigError naming the root and split.
+    """
+    from kft.data.readers.detection import AnnotationsLostError
+
+    fmt = data.format
+    root = ensure_root(data, root, seed)
+    if fmt not in DETECTION_FORMATS:
+        raise cfg.ConfigError(f"data.format={fmt!r} must be one of {list(DETECTION_FORMATS)}")
+    where = _roots(root) if fmt == "voc" else _roots(root)[0]
+    try:
+        split_data = read_detection(fmt, where, split,
+                                    class_names=list(data.class_names) or None,
+                                    cache_dir=run_dir / "cache" / "converted",
+                                    image_dir=(data.image_dir or None) if fmt == "coco"
+                                    else None)
+    except AnnotationsLostError as e:
+        raise cfg.ConfigError(f"data.root={root!r} split {split!r}: no usable objects: "
+                              f"{' '.join(str(e).split())} (data.class_names: empty = "
+                              "inferred)") from None
+    note = getattr(split_data, "layout_note", None)
+    if verbose and note:
+        print(f"[kft] {note}")
+    return split_data
 
 
 def _generation_line(data: cfg.Data, seed: int) -> str:
@@ -126,7 +190,8 @@ DRY_RUN_IMAGES = 3  # batches of 2: one full, one partial (the shapes a real spl
 
 
 def read_splits(d: cfg.Data, run_dir: Path):
-    """``(train, val)`` splits with val's labels in train's class order (checked by name)."""
+    """``(train, val)`` splits with val's labels in train's class order (checked by name);
+    ``d`` resolved (:func:`resolve_layout`)."""
     train_split = read_split(d, d.train_split, run_dir)
     val_root = d.val_root or d.root
     val_split = read_split(d, d.val_split, run_dir, val_root)
@@ -156,11 +221,21 @@ def _batches(split, recipe, batch_size=None, training=False, with_meta=True, **k
                              seed=recipe.train.seed, with_meta=with_meta, **kwargs)
 
 
+def _is_voc(data: TaskData, recipe: cfg.Recipe) -> bool:
+    """VOC07 metrics too: the format the data was read in (detected when data.format is
+    auto)."""
+    return data.report.get("format", recipe.data.format) == "voc"
+
+
 class DetectionTask(Task):
     name = "detection"
     default_monitor = "val_bbox_AP50"
 
     def read(self, recipe, run_dir, purpose="train") -> TaskData:
+        from kft.train.runs import apply_changes
+
+        resolved = resolve_layout(recipe.data, seed=recipe.train.seed)
+        recipe = apply_changes(recipe, resolved)
         d, t, e = recipe.data, recipe.train, recipe.eval
         run_dir = Path(run_dir)
         val_root = d.val_root or d.root
@@ -211,7 +286,8 @@ class DetectionTask(Task):
             val_description=f"{val_root} split {d.val_split!r} ({len(val_split)} images)",
             selection_description=(
                 f"{len(select_split)} images held out of {d.root} split {d.train_split!r}"
-                if select_split is not None else None))
+                if select_split is not None else None),
+            resolved=resolved)
 
     def build_model(self, recipe, data):
         m = recipe.model
@@ -239,7 +315,7 @@ class DetectionTask(Task):
         else:
             split, batches = data.selection, _batches(data.selection, recipe)
         return None, [COCOEvalCallback(split, batches.dataset, every=e.every,
-                                       voc=recipe.data.format == "voc")]
+                                       voc=_is_voc(data, recipe))]
 
     def stalled_hint(self, data, recipe):
         from kft.train.callbacks import StalledMetricHint
@@ -258,7 +334,7 @@ class DetectionTask(Task):
     def evaluate(self, model, data, recipe):
         return evaluate_detector(model.predict_on_batch, data.val,
                                  self._val(data, recipe).dataset,
-                                 voc=recipe.data.format == "voc")
+                                 voc=_is_voc(data, recipe))
 
     def plots(self, model, data, metrics, run_dir, recipe):
         from kft.eval.detection_plots import plot_per_class_ap
@@ -283,7 +359,7 @@ class DetectionTask(Task):
         rep = _batches(data.train, recipe, with_meta=False)  # calibration: train, no augment
         return export_detector_and_report(
             model, out_dir, rep.dataset, data.val, self._val(data, recipe).dataset,
-            formats=tuple(formats), voc=recipe.data.format == "voc", num_calibration=samples,
+            formats=tuple(formats), voc=_is_voc(data, recipe), num_calibration=samples,
             keras_metrics=keras_metrics)
 
     def headline_metrics(self, metrics):

@@ -1,0 +1,96 @@
+"""Issue 9 acceptance: datasets as annotation tools export them train with recipes/ssd_voc.py
+and pass ``kft data check`` with only the data root and one split key set.
+
+One generated dataset (images of three sizes and aspect ratios, 13 train / 7 val: no batch
+size divides them) is laid out four ways: a VOC folder with custom classes and only
+train.txt / val.txt, a CVAT COCO export (annotations/instances_<split>.json + one images/
+folder), a Roboflow COCO export (<split>/_annotations.coco.json beside the images, ``valid``)
+and an Ultralytics YOLO folder (data.yaml, images/<split>, labels/<split>)."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from kft import config as cfg
+from kft.cli import main as kft_main
+from kft.data.convert import write_yolo
+from kft.data.readers.voc import read_voc
+from kft.data.shapes import make_shapes_detection
+from kft.run import run_recipe
+
+REPO = Path(__file__).resolve().parents[1]
+CLASSES = ("circle", "square", "triangle")  # not VOC classes: they must be inferred
+SIZES = [(96, 128), (128, 96), (80, 112)]
+SPLIT_KEY = {"voc": "train,val", "cvat": "train,val", "roboflow": "train,valid",
+             "yolo": "train,val"}
+
+
+@pytest.fixture(scope="module")
+def layouts(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("layouts")
+    shapes = make_shapes_detection(tmp / "shapes", classes=CLASSES, num_train=13, num_val=7,
+                                   image_size=SIZES, seed=3)
+    (shapes / "GENERATED.txt").unlink(missing_ok=True)  # laid out as a user's own data
+    out = {"voc": shapes / "VOC"}
+    coco = shapes / "COCO"
+    cvat = tmp / "cvat"  # CVAT "COCO 1.0": annotations/instances_<subset>.json, images/
+    (cvat / "annotations").mkdir(parents=True)
+    (cvat / "images").mkdir()
+    robo = tmp / "roboflow"  # Roboflow "COCO": <split>/_annotations.coco.json beside images
+    for split, robo_split in (("train", "train"), ("val", "valid")):
+        shutil.copy(coco / "annotations" / f"instances_{split}.json",
+                    cvat / "annotations" / f"instances_{split}.json")
+        (robo / robo_split).mkdir(parents=True)
+        shutil.copy(coco / "annotations" / f"instances_{split}.json",
+                    robo / robo_split / "_annotations.coco.json")
+        for image in (coco / split).iterdir():
+            shutil.copy(image, cvat / "images" / image.name)
+            shutil.copy(image, robo / robo_split / image.name)
+    out["cvat"], out["roboflow"] = cvat, robo
+    yolo = tmp / "yolo"
+    for split in ("train", "val"):
+        write_yolo(read_voc(shapes / "VOC", split), yolo, split)
+    out["yolo"] = yolo
+    return out
+
+
+@pytest.mark.parametrize("layout", ["voc", "cvat", "roboflow", "yolo"])
+def test_kft_data_check_passes_with_the_root_and_a_split_key(layouts, layout, tmp_path):
+    train, val = SPLIT_KEY[layout].split(",")
+    result = CliRunner().invoke(kft_main, ["data", "check", str(layouts[layout]), "--split",
+                                           train, "--val-split", val, "--out",
+                                           str(tmp_path / "check")])
+    assert result.exit_code == 0, result.output
+    report = json.loads(next((tmp_path / "check").glob("*.json")).read_text())
+    text = json.dumps(report)
+    assert all(name in text for name in CLASSES)
+
+
+@pytest.mark.parametrize("layout", ["voc", "cvat", "roboflow", "yolo"])
+def test_trains_with_ssd_voc_recipe_and_one_split_key(layouts, layout, tmp_path, capsys):
+    recipe = cfg.load_recipe(REPO / "recipes" / "ssd_voc.py")
+    recipe = cfg.apply_overrides(recipe, [
+        f"data.root={layouts[layout]}", f"data.splits={SPLIT_KEY[layout]}",
+        # reduced settings for this machine (the layout keys above are all a user sets)
+        "model.arch=ssdlite_mobilenet_v2", "model.width_multiplier=0.35",
+        "data.image_size=96", "train.epochs=1", "train.batch_size=4",
+        "train.warmup_epochs=0", "train.milestones=", "eval.every=1", "eval.batch_size=4",
+        "data.max_instances=8", "export.enabled=false", "eval.plots=false"])
+    summary = run_recipe(recipe, tmp_path / "run", verbose=0)
+    out = capsys.readouterr().out
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    fmt = {"voc": "voc", "cvat": "coco", "roboflow": "coco", "yolo": "yolo"}[layout]
+    assert config["resolved"]["data.format"]["to"] == fmt
+    assert json.loads((tmp_path / "run" / "class_names.json").read_text()) == sorted(CLASSES) \
+        or json.loads((tmp_path / "run" / "class_names.json").read_text()) == list(CLASSES)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["num_images"] == 7 and summary["metrics"]["bbox_AP50"] is not None
+    report = json.loads((tmp_path / "run" / "data_report.json").read_text())
+    assert report["num_train"] == 13 and report["num_skipped"] == 0
+    if layout == "voc":
+        assert "inferred" in config["resolved"]["data.class_names"]["why"]
+    if layout in ("cvat", "roboflow"):
+        assert "images" in out  # the layout note says where the images were found
