@@ -36,11 +36,13 @@ from kft.data.images import IMAGE_EXTENSIONS, inspect_image, scan_images
 from kft.data.pipeline import Batches, classification_batches, load_image
 from kft.data.readers.cityscapes import CITYSCAPES_CLASSES, read_cityscapes
 from kft.data.readers.coco import read_coco
-from kft.data.readers.detection import DetectionRecord, DetectionSplit
+from kft.data.readers.detection import AnnotationsLostError, DetectionRecord, DetectionSplit
+from kft.data.readers.layout import available_splits, detect_format
 from kft.data.readers.folder import ClassificationSplit, read_image_folder, stratified_split
 from kft.data.readers.tfds import TFDSNotPreparedError, load_tfds
 from kft.data.readers.tfds_detection import read_tfds_detection
-from kft.data.readers.voc import VOC_CLASSES, read_voc
+from kft.data.readers.voc import VOC_CLASSES, infer_voc_class_names, read_voc
+from kft.data.readers.yolo import read_yolo
 from kft.data.report import DataReport
 from kft.data.shapes import SHAPE_CLASSES, make_shapes_detection
 from kft.data.synthetic import SHAPES, make_shapes_classification
@@ -49,6 +51,7 @@ __all__ = [
     "CITYSCAPES_CLASSES",
     "SHAPE_CLASSES",
     "VOC_CLASSES",
+    "AnnotationsLostError",
     "DetectionBatches",
     "DetectionRecord",
     "DetectionSplit",
@@ -58,6 +61,10 @@ __all__ = [
     "read_coco",
     "read_tfds_detection",
     "read_voc",
+    "read_yolo",
+    "detect_format",
+    "available_splits",
+    "infer_voc_class_names",
     "resize_image",
     "to_original",
     "IMAGE_EXTENSIONS",
