@@ -17,7 +17,9 @@ d. ``pixel_logreg``: scikit-learn logistic regression on the raw 32x32 RGB pixel
 e. ``recipe`` (when ``recipes/finetune_classify.py`` exists, else skipped, saying so): the
    recipe under test with only ``data.root``, ``model.load_from`` and ``data.augment=<preset>``
    set (``--augment-preset``, default ``orientation`` for orientation-sensitive tasks,
-   ``natural`` for the others), and the same without ``model.load_from`` (from scratch).
+   ``natural`` for the others), and the same without ``model.load_from`` (from scratch; then
+   the source model's ``model.arch`` and ``data.image_size`` are set too, so both runs train
+   the same network: without a model to load the recipe would pick ResNet-50 at 224 px).
 
 Which split does what: every accuracy called ``test_*`` is the run's own ``metrics.json``, on
 TARGET's ``val/`` folder, the TEST split; it never chooses anything. A sweep's ``best`` is the
@@ -332,16 +334,29 @@ def collect(ctx: Context, runs: list[Run]) -> list[dict]:
     return records
 
 
-def recipe_runs(task: str, roots: dict, load_from: str, preset: str) -> list[Run]:
+def recipe_runs(task: str, roots: dict, load_from: str, preset: str,
+                network: tuple[str, ...] = ()) -> list[Run]:
+    """The recipe under test fine-tuned from ``load_from`` with only ``data.root``,
+    ``model.load_from`` and ``data.augment`` set, and the same from scratch. The recipe takes
+    the network from ``load_from``; without it, it would pick its own default (ResNet-50 at
+    224 px), so the scratch run gets ``network`` (the source model's ``model.arch`` and
+    ``data.image_size``): the same network from random weights."""
     base = (f"data.root={roots['target']}",)
     return [Run(f"{task}/recipe/finetune", RECIPE_UNDER_TEST,
                 (*base, f"model.load_from={load_from}", f"data.augment={preset}"),
                 f"{RECIPE_UNDER_TEST} fine-tuned from the source model, data.augment={preset}",
                 roots["target_dev"]),
             Run(f"{task}/recipe/scratch", RECIPE_UNDER_TEST,
-                (*base, f"data.augment={preset}"),
-                f"{RECIPE_UNDER_TEST} from scratch, data.augment={preset}",
-                roots["target_dev"])]
+                (*base, f"data.augment={preset}", *network),
+                f"{RECIPE_UNDER_TEST} from scratch (same network: {', '.join(network)}), "
+                f"data.augment={preset}", roots["target_dev"])]
+
+
+def source_network(run_dir: Path) -> tuple[str, ...]:
+    """``model.arch=...`` and ``data.image_size=...`` of a finished run (its config.json)."""
+    config = json.loads((run_dir / "config.json").read_text())
+    return (f"model.arch={config['model']['arch']}",
+            f"data.image_size={config['data']['image_size']}")
 
 
 def acceptance(recipe: list[dict], sweep: dict) -> dict:
@@ -412,7 +427,9 @@ def run_task(ctx: Context, data: Path, task: str, args) -> dict:
         log(f"{task}: recipe under test skipped: {why}")
         out["recipe"] = {"skipped": why}
     else:
-        records = [run_kft(ctx, r) for r in recipe_runs(task, roots, str(model_path), preset)]
+        network = source_network(model_path.parent)
+        records = [run_kft(ctx, r) for r in recipe_runs(task, roots, str(model_path), preset,
+                                                        network)]
         out["recipe"] = {"augment_preset": preset, "runs": records,
                          "acceptance": acceptance(records, out["sweep_finetune_summary"])}
     return out
