@@ -187,8 +187,8 @@ def test_detection_sigkill_then_resume_matches_an_uninterrupted_run(shapes, tmp_
         np.testing.assert_allclose(va.numpy(), vb.numpy(), rtol=1e-4, atol=1e-5,
                                    err_msg=va.path)
     full_rows, resumed_rows = _history(tmp_path / "full"), _history(tmp_path / "killed")
-    assert [r["epoch"] for r in resumed_rows] == ["0", "1", "2", "3"]
-    # epochs 1 and 3 evaluate; 0 logs 0.0 and 2 carries epoch 1's values, which must survive
+    assert [r["epoch"] for r in resumed_rows] == ["1", "2", "3", "4"]  # as on screen
+    # epochs 2 and 4 evaluate; 1 logs 0.0 and 3 carries epoch 2's values, which must survive
     # a resume after epoch 2 (the fine-tuned checkpoint detects something: not 0 against 0)
     for key in ("val_bbox_AP50", "val_bbox_AP", "learning_rate"):
         np.testing.assert_allclose([float(r[key]) for r in resumed_rows],

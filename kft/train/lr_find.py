@@ -46,6 +46,7 @@ from kft.models.weights import load_from, summarize
 from kft.train.finetune import (
     candidate_trainable_variables,
     resolve_stages,
+    scaled_backbone_lrs,
     set_trainable_stages,
     stage_lr_multipliers,
     top_down_stages,
@@ -188,6 +189,8 @@ def _check_arguments(min_lr, max_lr, num_steps, smooth, diverge_factor):
 def _initial_stages(model, t: cfg.Train) -> list[str]:
     """The backbone stages that train in a run's first epoch (T1; under progressive
     unfreezing the top ``len(trainable_stages)`` stages, as ProgressiveUnfreeze sets them)."""
+    if t.head_epochs > 0:  # the fine-tuning policy starts with the head alone
+        return []
     if t.unfreeze_every > 0:
         stages = tuple(t.trainable_stages)
         count = 0 if stages in (("none",), ()) else len(resolve_stages(model, stages))
@@ -201,7 +204,9 @@ def compile_for_range_test(model, t: cfg.Train, schedule, **compile_kwargs) -> l
     Returns the backbone stages that train, as the model now has them."""
     stages = _initial_stages(model, t)
     set_trainable_stages(model, stages or ("none",))
-    multipliers = stage_lr_multipliers(model, t.layer_lrs, t.learning_rate)
+    multipliers = stage_lr_multipliers(
+        model, scaled_backbone_lrs(model, t.backbone_lr_scale, t.learning_rate, t.layer_lrs),
+        t.learning_rate)
     optimizer = build_optimizer(
         t.optimizer, schedule, momentum=t.momentum, nesterov=t.nesterov,
         weight_decay=t.weight_decay, clipnorm=t.clipnorm, grad_accum_steps=t.grad_accum_steps,
@@ -269,18 +274,20 @@ def lr_range_test(recipe: cfg.Recipe, out_dir, *, min_lr: float = 1e-7, max_lr: 
 
 def _range_test(task, recipe, scratch, min_lr, max_lr, num_steps, smooth, diverge_factor,
                 verbose) -> dict:
-    t = recipe.train
-    if t.batch_size < 1:
-        raise cfg.ConfigError(f"train.batch_size={t.batch_size}: lr-find needs the batch size "
-                              "the run will use: --set train.batch_size=N")
-    if t.layer_lrs and t.learning_rate <= 0:
-        raise cfg.ConfigError(f"train.layer_lrs={t.layer_lrs} needs train.learning_rate > 0 "
-                              "for lr-find (each stage keeps its ratio to it)")
+    from kft.train.plan import plan_training
+    from kft.train.runs import apply_changes
+
+    if recipe.train.layer_lrs and recipe.train.learning_rate <= 0:
+        raise cfg.ConfigError(f"train.layer_lrs={recipe.train.layer_lrs} needs "
+                              "train.learning_rate > 0 for lr-find (each stage keeps its "
+                              "ratio to it)")
     data = task.read(recipe, scratch, "train")
-    steps_per_epoch = data.num_train // t.batch_size
-    if steps_per_epoch < 1:
-        raise cfg.ConfigError(f"train.batch_size={t.batch_size} is larger than the training "
-                              f"split ({data.num_train} images)")
+    # the batch size (and what else the data settles) exactly as the run will use them
+    recipe, changes, steps_per_epoch = plan_training(apply_changes(recipe, data.resolved),
+                                                     data.num_train)
+    for change in [*data.resolved, *changes]:
+        print(change.line())
+    t = recipe.train
     model = task.build_model(recipe, data)
     load_summary = ""
     if recipe.model.load_from:

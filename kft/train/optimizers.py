@@ -109,7 +109,8 @@ def build_optimizer(name, learning_rate, *, momentum=0.9, nesterov=False, weight
         raise ValueError(f"train.optimizer={name!r} must be one of {sorted(_OPTIMIZERS)}")
     kwargs = dict(
         learning_rate=learning_rate,
-        weight_decay=weight_decay or None,
+        # AdamW needs a float (0.0: no decay); the others take None for none
+        weight_decay=float(weight_decay) if name == "adamw" else (weight_decay or None),
         global_clipnorm=clipnorm or None,
         gradient_accumulation_steps=grad_accum_steps if grad_accum_steps > 1 else None,
         lr_multipliers=lr_multipliers,

@@ -102,3 +102,15 @@ def test_weight_decay_mode_is_checked_and_saved():
         LayerwiseSGD(learning_rate=0.1, weight_decay_mode="l2")
     opt = build_optimizer("sgd", 0.1, weight_decay=1e-4, weight_decay_mode="coupled")
     assert LayerwiseSGD.from_config(opt.get_config()).weight_decay_mode == "coupled"
+
+
+def test_adamw_without_weight_decay_builds():
+    """train.weight_decay=0 with AdamW used to fail in Keras ("weight_decay must be a float")."""
+    import keras as _keras
+
+    from kft.train.optimizers import build_optimizer as _build
+
+    v = _keras.Variable(np.ones(3, "float32"))
+    opt = _build("adamw", 0.1, weight_decay=0.0)
+    opt.apply([_keras.ops.zeros(3)], [v])  # zero gradient, no decay: nothing moves
+    np.testing.assert_allclose(v.numpy(), 1.0)
