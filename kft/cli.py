@@ -1,8 +1,10 @@
-"""The ``kft`` command: train / eval / export / predict.
+"""The ``kft`` command: train / eval / export / predict / recipes (and ``kft data``).
 
 ``kft train`` is ``python -m kft.run``. ``eval`` and ``export`` take a run directory (its
 ``model.keras`` and ``config.json`` say what data and settings to use) or a ``.keras`` file with
 ``--data``. Classifiers and detectors (SSD / SSDLite) both: the model file says which.
+``predict`` also takes a ``.tflite`` export (:mod:`kft.predict`); ``recipes`` lists the recipes
+of a folder. ``--threads N`` (train, eval, export, predict) sets TensorFlow's CPU thread pools.
 
 The recipe (``config.json`` + ``--data`` + ``--set``) is validated before any data is read; user
 errors print one line ``kft: error: ...`` and exit with status 2 (``KFT_TRACEBACK=1`` shows the
@@ -17,22 +19,36 @@ from pathlib import Path
 import click
 
 from kft import config as cfg
+from kft.run import (
+    adapt_generation,
+    apply_threads,
+    check_root_given,
+    check_threads,
+    override_keys,
+    read_config,
+    reporting_errors,
+    threads_option,
+)
 from kft.run import main as run_main
-from kft.run import override_keys, read_config, reporting_errors
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main():
     """kft: fine-tune pretrained vision models in Keras 3."""
+    from kft import quiet_tensorflow
+
+    quiet_tensorflow()
 
 
 main.add_command(run_main, name="train")
 
 
-def _load_run(target: str, data_root: str | None, overrides=()):
+def _load_run(target: str, data_root: str | None, overrides=(), threads: int | None = None):
     """(model, recipe, run_dir, task) from a run directory or a ``.keras`` file (+ ``--data``);
-    the recipe is validated (before the model is loaded when the run's config.json is there).
-    The model file says which task it does (:func:`kft.tasks.task_for_model`)."""
+    the recipe is validated (before the model is loaded when the run's config.json is there),
+    then ``--threads`` is applied. The model file says which task it does
+    (:func:`kft.tasks.task_for_model`). Other data than the run's (``--data`` or ``--set
+    data.root``) is never generated (:func:`kft.run.adapt_generation`)."""
     from kft.tasks import task_for_model
     from kft.validate import validate_recipe
 
@@ -53,11 +69,16 @@ def _load_run(target: str, data_root: str | None, overrides=()):
         recipe = cfg.apply_overrides(recipe, [f"data.root={data_root}"])
     recipe = cfg.apply_overrides(recipe, list(overrides))
     set_keys = override_keys(overrides) + (["data.root"] if data_root else [])
+    # other data than the run's: never generated there unless --set data.generate is given
+    adapted = adapt_generation(recipe, set_keys)
+    generate, recipe = (recipe.data.generate if adapted is not recipe else ""), adapted
     if not recipe.data.root:
         raise cfg.ConfigError("no data: pass --data ROOT (an image folder or tfds:name)")
     if from_config:  # a bad --set fails before the model is loaded
         validate_recipe(recipe, set_keys=set_keys)
+    check_root_given(recipe, generate)
 
+    apply_threads(threads)
     model = _load_model(model_path)
     task = task_for_model(model)
     size = model.input_shape[1]
@@ -74,18 +95,10 @@ def _load_run(target: str, data_root: str | None, overrides=()):
 
 
 def _load_model(model_path: Path):
-    """:func:`kft.saving.load_model`; a file that is not a loadable Keras model is a user error
-    naming it."""
-    from kft.saving import load_model
+    """:func:`kft.predict.load_keras_model` (a file that cannot be loaded is a user error)."""
+    from kft.predict import load_keras_model
 
-    if not Path(model_path).is_file():
-        raise cfg.ConfigError(f"{model_path}: no such model file")
-    try:
-        return load_model(model_path)
-    except Exception as e:  # noqa: BLE001 - a zip, a format or a deserialisation error
-        first = (str(e).strip().splitlines() or [""])[0]
-        raise cfg.ConfigError(f"{model_path}: cannot load the Keras model "
-                              f"({type(e).__name__}: {first})") from e
+    return load_keras_model(model_path)
 
 
 @main.command("eval")
@@ -93,10 +106,12 @@ def _load_model(model_path: Path):
 @click.option("--data", "data_root", default=None, help="Image folder or tfds:name to evaluate on.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
 @click.option("--output", "-o", default=None, help="Where to write the metrics JSON.")
-def eval_cmd(target, data_root, overrides, output):
+@threads_option
+def eval_cmd(target, data_root, overrides, output, threads):
     """Re-evaluate a saved run or model on its validation split."""
     with reporting_errors():
-        model, recipe, run_dir, task = _load_run(target, data_root, overrides)
+        check_threads(threads)
+        model, recipe, run_dir, task = _load_run(target, data_root, overrides, threads)
         data = task.read(recipe, run_dir, "eval")
         task.check_model(model, data, recipe)
         metrics = task.evaluate(model, data, recipe)
@@ -113,7 +128,8 @@ def eval_cmd(target, data_root, overrides, output):
 @click.option("--samples", default=100, show_default=True, type=click.IntRange(min=1),
               help="Representative images for INT8.")
 @click.option("--output", "-o", default=None, help="Export directory (default RUN/export).")
-def export_cmd(target, data_root, overrides, formats, samples, output):
+@threads_option
+def export_cmd(target, data_root, overrides, formats, samples, output, threads):
     """Export a saved run or model to TFLite (float32 / float16 / full-integer INT8) and compare
     each file with the Keras model on the val split (report.json)."""
     from kft.validate import check_formats
@@ -121,7 +137,8 @@ def export_cmd(target, data_root, overrides, formats, samples, output):
     formats = tuple(f.strip() for f in formats.split(",") if f.strip())
     with reporting_errors():
         check_formats("--formats", formats)
-        model, recipe, run_dir, task = _load_run(target, data_root, overrides)
+        check_threads(threads)
+        model, recipe, run_dir, task = _load_run(target, data_root, overrides, threads)
         out = Path(output) if output else run_dir / "export"
         data = task.read(recipe, run_dir, "export")
         task.check_model(model, data, recipe)
@@ -130,49 +147,104 @@ def export_cmd(target, data_root, overrides, formats, samples, output):
 
 
 @main.command("predict")
-@click.argument("model_path", type=click.Path(exists=True, dir_okay=True))
-@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True))
+@click.argument("model_path", metavar="RUN_DIR_OR_MODEL")
+@click.argument("inputs", metavar="INPUT...", nargs=-1, required=True)
 @click.option("--top-k", default=3, show_default=True, type=click.IntRange(min=1),
               help="Classifiers: classes per image.")
-@click.option("--score-threshold", default=0.3, show_default=True,
-              type=click.FloatRange(0.0, 1.0), help="Detectors: lowest score printed.")
-def predict_cmd(model_path, images, top_k, score_threshold):
-    """Classify or detect on image files with a saved model (a run directory or .keras);
-    prints JSON (detections as xyxy boxes in the image's own pixels)."""
+@click.option("--threshold", "--score-threshold", "score_threshold", default=0.3,
+              show_default=True, type=click.FloatRange(0.0, 1.0),
+              help="Detectors: lowest score printed (and drawn).")
+@click.option("--save", "save_dir", default=None, metavar="DIR",
+              help="Write each image with its boxes and classes (or top class) drawn, as "
+                   "DIR/<name>.png.")
+@click.option("--format", "output_format", default="json", show_default=True,
+              type=click.Choice(["json", "jsonl", "table"]),
+              help="json: a JSON list, one image a line; jsonl: JSON lines; table: text.")
+@threads_option
+def predict_cmd(model_path, inputs, top_k, score_threshold, save_dir, output_format, threads):
+    """Classify or detect on images with a saved model: a run directory, a .keras or a .tflite
+    file. INPUT: image files and folders (every image under a folder, sorted). Prints one
+    result per image: the top classes, or detections as xyxy boxes in the image's own pixels,
+    with class names from the run's class_names.json (or <model>.json / class_names.json
+    beside the file)."""
     with reporting_errors():
-        _predict(model_path, images, top_k, score_threshold)
+        _predict(model_path, inputs, top_k, score_threshold, save_dir, output_format, threads)
 
 
-def _predict(model_path, images, top_k, score_threshold):
-    import numpy as np
-    from PIL import Image, ImageOps
+def _predict(model_path, inputs, top_k, score_threshold, save_dir, output_format, threads):
+    from kft.data.report import DataReport
+    from kft.predict import expand_inputs, format_lines, load_predictor, predict_images, skip_note
 
-    from kft.tasks import task_for_model
+    check_threads(threads)
+    report = DataReport()
+    images = expand_inputs(inputs, report)  # a missing input fails before the model loads
+    skipped = report.to_dict()["num_skipped"]
+    if not images:
+        raise cfg.ConfigError(f"no image files in {', '.join(inputs)} (image files end in "
+                              f".jpg, .jpeg, .png, .bmp or .gif; {skipped} other files)")
+    note = skip_note(report)
+    if note:
+        click.echo(note, err=True)
+    apply_threads(threads)
+    predictor = load_predictor(model_path, threads)
+    if predictor.class_names is None:
+        click.echo(f"[kft] predict: no class names for {predictor.path} (looked for the run's "
+                   "class_names.json, <model>.json and class_names.json beside it): classes "
+                   "are printed as numbers", err=True)
+    failed = []
+    results = predict_images(predictor, images, top_k, score_threshold, save_dir)
 
-    path = Path(model_path)
-    names_file = (path if path.is_dir() else path.parent) / "class_names.json"
-    model = _load_model(path / "model.keras" if path.is_dir() else path)
-    try:
-        names = json.loads(names_file.read_text()) if names_file.is_file() else None
-    except json.JSONDecodeError as e:
-        raise cfg.ConfigError(f"{names_file}: not a JSON list of class names ({e})") from e
-    task = task_for_model(model)
-    results = []
-    for image_path in images:
-        try:
-            with Image.open(image_path) as im:
-                pixels = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
-        except OSError as e:
-            results.append({"image": image_path, "error": f"cannot read image: {e}"})
-            continue
-        results.append({"image": image_path, **task.predict(
-            model, pixels, names, top_k=top_k, score_threshold=score_threshold)})
-    click.echo(json.dumps(results, indent=2))
+    def noting_failures(rows):
+        for row in rows:
+            if "error" in row:
+                failed.append(row["image"])
+            yield row
+
+    for line in format_lines(noting_failures(results), output_format):
+        click.echo(line)
+    if failed:
+        click.echo(f"[kft] predict: {len(failed)} of {len(images)} images could not be read "
+                   "(their results hold \"error\")", err=True)
+
+
+@main.command("recipes")
+@click.argument("folder", required=False, metavar="[DIR]")
+def recipes_cmd(folder):
+    """List the recipes in DIR (default: recipes/ of the current directory, else of the kft
+    checkout): file, name, task and description, one per line. A recipe that does not load is
+    listed with its error."""
+    from kft.show import default_recipes_dir, list_recipes, recipe_table
+
+    with reporting_errors():
+        rows = list_recipes(folder if folder else default_recipes_dir())
+        if not rows:
+            raise cfg.ConfigError(f"{folder or default_recipes_dir()}: no recipe files (*.py)")
+    for line in recipe_table(rows):
+        click.echo(line)
 
 
 from kft.cli_data import data as data_group  # noqa: E402
 
 main.add_command(data_group, name="data")
+
+
+def register_optional(group: click.Group, module: str, attribute: str) -> bool:
+    """Adds the click command ``module.attribute`` to ``group`` when ``module`` exists and
+    says whether it did; a module that is not there (yet) is skipped, any other import error
+    (the module exists but something it imports does not) is raised."""
+    import importlib
+
+    try:
+        command = getattr(importlib.import_module(module), attribute)
+    except ModuleNotFoundError as e:
+        if e.name != module:
+            raise
+        return False
+    group.add_command(command)
+    return True
+
+
+register_optional(main, "kft.cli_lrfind", "lr_find")  # kft lr-find
 
 if __name__ == "__main__":
     main()

@@ -1,4 +1,13 @@
-"""``python -m kft.run RECIPE.py [--set key=value]... [--output DIR] [--resume]``.
+"""``python -m kft.run RECIPE.py [--set key=value]... [--output DIR] [--resume] [--threads N]
+[--show]``.
+
+``--show`` prints every key of the resolved recipe with its value and documentation
+(:mod:`kft.show`) and exits without running. ``--threads N`` sets TensorFlow's intra- and
+inter-op thread pools to N before any TensorFlow op runs (0: TensorFlow's default).
+
+A recipe that generates its data (``data.generate``) does not generate it at a ``data.root``
+given with ``--set`` unless ``--set data.generate=...`` is given too (:func:`adapt_generation`):
+a mistyped path to the user's own data is then an error, not a folder of synthetic images.
 
 Every recipe value is checked (:mod:`kft.validate`) before a run directory is made or any data
 is read. A user error (a bad value, a missing folder, a broken recipe file) ends in one line
@@ -9,6 +18,7 @@ when the run fails before its first checkpoint. ``KFT_TRACEBACK=1`` shows the tr
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -118,21 +128,106 @@ def override_keys(overrides) -> list[str]:
     return [item.split("=", 1)[0].strip() for item in overrides if "=" in item]
 
 
-def resolve(recipe_path: str, overrides, output: str | None, resume: bool) -> cfg.Recipe:
-    """The recipe to run: the file's, or on --resume the run's own config.json, then --set;
-    validated (and on --resume compared with config.json)."""
+def adapt_generation(recipe: cfg.Recipe, set_keys) -> cfg.Recipe:
+    """``recipe`` with ``data.generate`` turned off when ``data.root`` is among ``set_keys``
+    (the ``--set`` keys) and ``data.generate`` is not: a template recipe pointed at the user's
+    own folder never writes synthetic data there (nor at a mistyped path)."""
+    keys = set(set_keys)
+    if recipe.data.generate and "data.root" in keys and "data.generate" not in keys:
+        return dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, generate=""))
+    return recipe
+
+
+def check_root_given(recipe: cfg.Recipe, generate: str) -> None:
+    """After :func:`adapt_generation` turned ``generate`` off: a ``data.root`` that does not
+    exist is a ConfigError saying how to generate there after all (nothing when it exists)."""
+    root = recipe.data.root.split(",")[0].strip()
+    if not generate or not root or root.startswith("tfds:") or Path(root).exists():
+        return
+    raise cfg.ConfigError(
+        f"data.root={recipe.data.root!r} does not exist (the recipe generates kft's synthetic "
+        f"data only at its own data.root; add --set data.generate={generate} to generate it "
+        "at this path)")
+
+
+def _unvalidated(recipe_path: str, overrides, output: str | None, resume: bool):
+    """``(recipe, generate, run_dir)``: the file's recipe (on --resume the run's config.json)
+    with ``--set`` applied and generation adapted (:func:`adapt_generation`); ``generate`` is
+    the ``data.generate`` that was turned off (``""`` when none was)."""
     recipe = cfg.load_recipe(recipe_path)
     run_dir = Path(output) if output else Path("runs") / recipe.name
     saved = run_dir / "config.json"
     if resume and saved.is_file():
         recipe = read_config(saved)
     recipe = cfg.apply_overrides(recipe, list(overrides))
+    adapted = adapt_generation(recipe, override_keys(overrides))
+    return adapted, recipe.data.generate if adapted is not recipe else "", run_dir
+
+
+def resolve(recipe_path: str, overrides, output: str | None, resume: bool) -> cfg.Recipe:
+    """The recipe to run: the file's, or on --resume the run's own config.json, then --set
+    (and :func:`adapt_generation`); validated (and on --resume compared with config.json)."""
+    recipe, generate, run_dir = _unvalidated(recipe_path, overrides, output, resume)
     from kft.validate import validate_recipe
 
     validate_recipe(recipe, set_keys=override_keys(overrides))
+    check_root_given(recipe, generate)
     if resume:
         check_resume(recipe, run_dir)
     return recipe
+
+
+def show(recipe_path: str, overrides, output: str | None, resume: bool) -> None:
+    """``--show``: prints every key of the resolved recipe with its value and doc
+    (:func:`kft.show.recipe_lines`). A value the run would refuse is named in a note on
+    stderr; the listing itself never fails on it."""
+    from kft.show import recipe_lines
+    from kft.validate import validate_recipe
+
+    recipe, generate, _ = _unvalidated(recipe_path, overrides, output, resume)
+    click.echo("\n".join(recipe_lines(recipe, recipe_path)))
+    try:
+        validate_recipe(recipe, set_keys=override_keys(overrides))
+        check_root_given(recipe, generate)
+    except cfg.ConfigError as e:
+        click.echo(f"kft: note: as shown, the run would stop with: {e}", err=True)
+
+
+def check_threads(threads: int | None) -> None:
+    """``--threads``: ``None`` or ``0`` (TensorFlow's default) or a positive count."""
+    if threads is not None and threads < 0:
+        raise cfg.ConfigError(f"--threads={threads} is not valid: give 0 (TensorFlow's "
+                              "default) or a positive number of CPU threads")
+
+
+def apply_threads(threads: int | None) -> None:
+    """Sets TensorFlow's intra-op and inter-op parallelism to ``threads`` (nothing for 0 or
+    ``None``). Call it before any TensorFlow op runs: once TensorFlow's runtime has started in
+    this process the pools are fixed, and a note on stderr says that the value was not
+    applied."""
+    check_threads(threads)
+    if not threads:
+        return
+    import tensorflow as tf
+
+    threading = tf.config.threading
+    try:
+        threading.set_intra_op_parallelism_threads(threads)
+        threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:
+        now = (threading.get_intra_op_parallelism_threads(),
+               threading.get_inter_op_parallelism_threads())
+        if now != (threads, threads):
+            click.echo(f"[kft] note: --threads {threads} not applied: TensorFlow already runs "
+                       f"in this process with intra/inter-op threads {now[0]}/{now[1]}",
+                       err=True)
+
+
+def threads_option(function):
+    """The ``--threads N`` option of ``python -m kft.run`` and ``kft eval/export/predict``."""
+    return click.option(
+        "--threads", type=int, default=0, show_default=True, metavar="N",
+        help="TensorFlow intra- and inter-op CPU threads (0: TensorFlow's default).")(function)
 
 
 @contextlib.contextmanager
@@ -162,10 +257,21 @@ def reporting_errors():
 @click.option("--output", "-o", default=None, help="Run directory (default runs/<recipe name>).")
 @click.option("--resume", is_flag=True, help="Continue the run in --output from its last checkpoint.")
 @click.option("--quiet", is_flag=True, help="One line per epoch instead of progress bars.")
-def main(recipe_path, overrides, output, resume, quiet):
+@click.option("--show", "show_only", is_flag=True,
+              help="Print every key with its value and doc (* = not the default), then exit.")
+@threads_option
+def main(recipe_path, overrides, output, resume, quiet, show_only, threads):
     """Run a kft recipe: train, evaluate and export into a run directory."""
+    from kft import quiet_tensorflow
+
+    quiet_tensorflow()
     with reporting_errors():
+        check_threads(threads)
+        if show_only:
+            show(recipe_path, overrides, output, resume)
+            return
         recipe = resolve(recipe_path, overrides, output, resume)
+        apply_threads(threads)
         run_recipe(recipe, output, resume=resume, verbose=2 if quiet else 1,
                    set_keys=override_keys(overrides))
 

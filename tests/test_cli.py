@@ -306,3 +306,169 @@ def test_predict_resizes_as_the_pipeline_does(finished_run, tmp_path):
     names = json.loads((run / "class_names.json").read_text())
     for i, name in enumerate(names):
         assert got[name] == pytest.approx(float(probs[i]), abs=1e-5)
+
+
+# --- issue 9: threads, quiet TensorFlow, generation at a --set root, optional commands -------
+
+TF_LOG_LINE = __import__("re").compile(
+    r"^(\d{4} \d\d:\d\d:\d\d\.\d+: [IWE] |[IWEF]\d{4} |WARNING: All log messages before absl)")
+
+
+def _env_without_log_level():
+    import os
+
+    return {k: v for k, v in os.environ.items()
+            if k not in ("TF_CPP_MIN_LOG_LEVEL", "KFT_TRACEBACK")}
+
+
+def test_threads_are_applied_before_tensorflow_runs_and_its_log_stays_quiet(tmp_path):
+    """In a fresh process: ``--threads 3`` reaches TensorFlow's thread pools although the
+    run then stops (its data folder is missing), and no TensorFlow C++ log line reaches
+    stderr with the default log level."""
+    import subprocess
+    import sys
+
+    recipe = _recipe_file(tmp_path, root=tmp_path / "no_such_folder")
+    code = (
+        "import sys\n"
+        "from kft.run import main\n"
+        "try:\n"
+        f"    main([{str(recipe)!r}, '--threads', '3', '-o', {str(tmp_path / 'o')!r}])\n"
+        "except SystemExit as e:\n"
+        "    status = e.code\n"
+        "import tensorflow as tf\n"
+        "tf.constant(1.0) + 1.0\n"
+        "t = tf.config.threading\n"
+        "print(status, t.get_intra_op_parallelism_threads(),"
+        " t.get_inter_op_parallelism_threads())\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=_env_without_log_level(), timeout=300)
+    assert proc.stdout.split() == ["2", "3", "3"], (proc.stdout, proc.stderr)
+    assert "no_such_folder" in proc.stderr
+    assert not [line for line in proc.stderr.splitlines() if TF_LOG_LINE.match(line)], \
+        proc.stderr
+
+
+def test_import_kft_sets_the_tf_log_level_unless_the_user_did():
+    import subprocess
+    import sys
+
+    code = "import os, kft; print(os.environ['TF_CPP_MIN_LOG_LEVEL'])"
+    env = _env_without_log_level()
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=60).stdout.strip() == "2"
+    assert subprocess.run([sys.executable, "-c", code], env={**env, "TF_CPP_MIN_LOG_LEVEL": "0"},
+                          capture_output=True, text=True, timeout=60).stdout.strip() == "0"
+
+
+def test_the_start_up_filter_hides_tensorflow_noise_only():
+    from kft import _hidden
+
+    noise = [
+        "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+        "I0000 00:00:1796223643.450571    5372 port.cc:153] oneDNN custom operations are on.",
+        "W0000 00:00:1796223643.450904    5372 cudart_stub.cc:31] Could not find cuda drivers",
+        "2024-05-01 12:00:00.123456: I tensorflow/core/util/port.cc:113] oneDNN custom ops",
+        "INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",
+    ]
+    assert all(_hidden(line, no_gpu=False) for line in noise)
+    cu_init = ("E0000 00:00:1796223785.352216    7742 cuda_platform.cc:52] failed call to "
+               "cuInit: INTERNAL: CUDA error")
+    assert _hidden(cu_init, no_gpu=True) and not _hidden(cu_init, no_gpu=False)
+    for kept in ["E0000 00:00:1796223785.3 77 dso_loader.cc:9] libcudnn.so.9: not found",
+                 "UserWarning: something the user should see",
+                 "I0000 is how a sentence could start"]:
+        assert not _hidden(kept, no_gpu=True), kept
+
+
+@pytest.mark.parametrize("command", [[], ["eval", "RUN"], ["export", "RUN"],
+                                     ["predict", "RUN", "img.png"]])
+def test_negative_threads_is_one_line(tmp_path, command):
+    recipe = _recipe_file(tmp_path)
+    args = ([str(recipe)] if not command else [c.replace("RUN", str(tmp_path / "run"))
+                                               for c in command]) + ["--threads", "-1"]
+    result = CliRunner().invoke(run_main if not command else kft_main, args)
+    _user_error(result, "--threads=-1", "0 (TensorFlow's default) or a positive number")
+
+
+def _generating_recipe(tmp_path):
+    path = tmp_path / "gen.py"
+    path.write_text(
+        "from kft.config import Data, Export, Model, Recipe, Train\n"
+        f"RECIPE = Recipe(name='g', data=Data(root={str(tmp_path / 'generated')!r},\n"
+        "    generate='shapes', image_size=32), model=Model(arch='resnet_tiny'),\n"
+        "    train=Train(epochs=1, batch_size=2), export=Export(enabled=False))\n")
+    return path
+
+
+def test_a_template_never_generates_at_a_set_data_root(tmp_path, monkeypatch):
+    import kft.train.runs
+
+    ran = []
+    monkeypatch.setattr(kft.train.runs, "run_task",
+                        lambda task, recipe, run_dir, resume=False, verbose=1:
+                        ran.append(recipe) or {})
+    recipe = _generating_recipe(tmp_path)
+    typo = tmp_path / "my_photos_typo"
+    result = CliRunner().invoke(run_main, [str(recipe), "--set", f"data.root={typo}",
+                                           "-o", str(tmp_path / "o")])
+    _user_error(result, f"data.root='{typo}' does not exist", "--set data.generate=shapes")
+    assert not typo.exists() and not ran and not (tmp_path / "o").exists()
+
+    # an existing folder: generation is off, and nothing extra is printed
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    result = CliRunner().invoke(run_main, [str(recipe), "--set", f"data.root={photos}",
+                                           "-o", str(tmp_path / "o2")])
+    assert result.exit_code == 0, result.output
+    assert ran[-1].data.generate == "" and ran[-1].data.root == str(photos)
+    assert result.output == ""
+
+    # asked for explicitly, it generates there; the recipe's own root keeps generating
+    for extra in (["--set", f"data.root={typo}", "--set", "data.generate=shapes"], []):
+        result = CliRunner().invoke(run_main, [str(recipe), *extra, "-o",
+                                               str(tmp_path / f"o{len(ran)}")])
+        assert result.exit_code == 0, result.output
+        assert ran[-1].data.generate == "shapes"
+    assert [r.data.root for r in ran[-2:]] == [str(typo), str(tmp_path / "generated")]
+
+
+def test_eval_on_other_data_than_a_generating_run_does_not_generate(tmp_path):
+    recipe = cfg.load_recipe(_generating_recipe(tmp_path))
+    run = _fake_run(tmp_path, recipe, ["circle", "square"])  # model.keras is not a model
+    missing = tmp_path / "elsewhere"
+    _user_error(CliRunner().invoke(kft_main, ["eval", str(run), "--data", str(missing)]),
+                "does not exist", "data.generate=shapes")
+    assert not missing.exists()
+
+
+def test_optional_commands_register_only_when_their_module_exists(tmp_path, monkeypatch):
+    import importlib.util
+    import sys
+    import types
+
+    import click
+
+    from kft.cli import main as group
+    from kft.cli import register_optional
+
+    # kft.cli registered lr-find exactly when kft/cli_lrfind.py is there
+    assert ("lr-find" in group.commands) == (
+        importlib.util.find_spec("kft.cli_lrfind") is not None)
+
+    fresh = click.Group()
+    monkeypatch.setitem(sys.modules, "kft_missing_cmd", None)  # import raises for this name
+    assert register_optional(fresh, "kft_missing_cmd", "lr_find") is False
+    assert fresh.commands == {}
+
+    module = types.ModuleType("kft_fake_cmd")
+    module.lr_find = click.Command("lr-find", callback=lambda: click.echo("found"))
+    monkeypatch.setitem(sys.modules, "kft_fake_cmd", module)
+    assert register_optional(fresh, "kft_fake_cmd", "lr_find") is True
+    assert CliRunner().invoke(fresh, ["lr-find"]).output == "found\n"
+
+    # the module exists but imports something missing: that error is not hidden
+    (tmp_path / "kft_broken_cmd.py").write_text("import kft_no_such_dependency\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ModuleNotFoundError, match="kft_no_such_dependency"):
+        register_optional(fresh, "kft_broken_cmd", "lr_find")

@@ -107,6 +107,53 @@ class TFLiteDetector:
     def mean_latency_ms(self) -> float:
         return self.timed.mean_latency_ms()
 
+    def predict_image(self, pixels, class_names=None, score_threshold: float = 0.3,
+                      resize: str = "fixed") -> dict:
+        """The detections of one image, as ``kft predict`` prints them.
+
+        Args:
+            pixels: ``uint8 [H, W, 3]`` RGB at the image's own size; resized to the file's
+                input as the detection pipeline resizes for the model
+                (:func:`kft.data.detection_pipeline.resize_image` with ``resize``, "fixed" for
+                SSD / SSDLite).
+            class_names: names by label (``None``: labels are printed as numbers).
+            score_threshold: the lowest score kept.
+
+        Returns:
+            :func:`detection_list` with boxes ``xyxy`` in the image's own pixels (untimed:
+            one invocation, no warm-up).
+        """
+        from kft.data.detection_pipeline import resize_image, to_original
+
+        image, scale, _ = resize_image(pixels, image_size=tuple(self.image_shape[:2]),
+                                       resize=resize)
+        det = self.timed.run(np.asarray(image, dtype=np.float32)[None])
+        boxes = np.asarray(to_original(np.asarray(det["boxes"], np.float32).reshape(-1, 4),
+                                       scale, pixels.shape[:2]))
+        return detection_list(boxes, np.asarray(det["scores"]).reshape(-1),
+                              np.asarray(det["labels"]).reshape(-1),
+                              int(np.asarray(det["num_detections"]).reshape(-1)[0]),
+                              class_names, score_threshold)
+
+
+def detection_list(boxes, scores, labels, num_detections: int, class_names=None,
+                   score_threshold: float = 0.3) -> dict:
+    """``{"detections": [{"label", "class", "score", "box"}]}`` of one image's padded
+    detections (``boxes [D, 4]`` xyxy pixels, ``scores [D]``, ``labels [D]``, the first
+    ``num_detections`` rows valid), keeping scores ``>= score_threshold``; ``class`` is
+    ``class_names[label]`` (the label as a string when there are no names or too few), scores
+    rounded to 4 and box coordinates to 1 decimal."""
+    names = list(class_names or ())
+    out = []
+    for i in range(int(num_detections)):
+        score = float(scores[i])
+        label = int(labels[i])
+        if score < score_threshold or label < 0:
+            continue
+        out.append({"label": label, "class": names[label] if label < len(names) else str(label),
+                    "score": round(score, 4), "box": [round(float(v), 1) for v in boxes[i]]})
+    return {"detections": out}
+
 
 def tflite_op_summary(path: str | os.PathLike) -> dict[str, dict[str, int]]:
     """``{op name: {input dtype of its first input: count}}`` of a ``.tflite`` file, e.g.

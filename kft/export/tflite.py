@@ -177,6 +177,43 @@ class TFLiteClassifier:
     def mean_latency_ms(self) -> float:
         return self.timed.mean_latency_ms()
 
+    @property
+    def num_classes(self) -> int:
+        """``C`` of the logits output ``[1, C]``."""
+        return int(np.prod(self.output["shape"][1:]))
+
+    def predict_image(self, pixels, class_names=None, top_k: int = 3) -> dict:
+        """The ``top_k`` classes of one image, as ``kft predict`` prints them.
+
+        Args:
+            pixels: ``uint8 [H, W, 3]`` RGB at the image's own size; resized to the file's
+                input as the training / evaluation pipeline resizes
+                (:func:`kft.data.pipeline.resize_uint8`, like the Keras model's prediction).
+            class_names: the ``C`` names (``None``: labels are printed as numbers).
+            top_k: how many classes.
+
+        Returns:
+            :func:`top_classes` of the logits (untimed: one invocation, no warm-up).
+        """
+        from kft.data.pipeline import resize_uint8
+
+        h, w = self.timed.image_shape[:2]
+        x = np.asarray(resize_uint8(pixels, (h, w)), dtype=np.float32)[None]
+        logits = np.asarray(self.timed.run(x)[self.output_name]).reshape(-1)
+        return top_classes(logits, class_names, top_k)
+
+
+def top_classes(logits, class_names=None, top_k: int = 3) -> dict:
+    """``{"top": [{"label", "class", "prob"}]}``: the ``top_k`` classes of ``logits [C]`` by
+    softmax probability, best first; ``class`` is ``class_names[label]`` (the label as a
+    string when there are no names or too few)."""
+    logits = np.asarray(logits, dtype=np.float32).reshape(-1)
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+    names = list(class_names or ())
+    return {"top": [{"label": int(i), "class": names[i] if i < len(names) else str(int(i)),
+                     "prob": float(probs[i])} for i in np.argsort(-probs)[:top_k]]}
+
 
 def _image_shape(model: keras.Model, representative: tf.data.Dataset) -> tuple[int, int, int]:
     """``(H, W, 3)`` of the representative images, checked against the model's input."""
