@@ -253,7 +253,7 @@ LEGACY_VALUES = {"data.augment": {True: "guide", False: "none", "true": "guide",
                                   "no": "none", "on": "guide", "off": "none"}}
 
 
-def normalized(recipe: "Recipe") -> "Recipe":
+def normalized(recipe: Recipe) -> Recipe:
     """``recipe`` with :data:`LEGACY_VALUES` replaced by their names, and ``data.splits``
     ("train,val") written into ``data.train_split`` / ``data.val_split``."""
     splits = [p.strip() for p in recipe.data.splits.split(",")] if recipe.data.splits else []

@@ -37,8 +37,8 @@ from kft.data.pipeline import Batches, classification_batches, load_image
 from kft.data.readers.cityscapes import CITYSCAPES_CLASSES, read_cityscapes
 from kft.data.readers.coco import read_coco
 from kft.data.readers.detection import AnnotationsLostError, DetectionRecord, DetectionSplit
-from kft.data.readers.layout import available_splits, detect_format
 from kft.data.readers.folder import ClassificationSplit, read_image_folder, stratified_split
+from kft.data.readers.layout import available_splits, detect_format
 from kft.data.readers.tfds import TFDSNotPreparedError, load_tfds
 from kft.data.readers.tfds_detection import read_tfds_detection
 from kft.data.readers.voc import VOC_CLASSES, infer_voc_class_names, read_voc

@@ -326,9 +326,6 @@ class ClassificationTask(Task):
         # the training/eval pipeline's own resize (bilinear without antialiasing, rounded to
         # uint8), not PIL's antialiased one
         x = np.asarray(resize_uint8(pixels, (h, w)), dtype="float32")
-        logits = np.asarray(model.predict_on_batch(x[None])[0])
-        probs = np.exp(logits - logits.max())
-        probs /= probs.sum()
-        top = np.argsort(-probs)[:top_k]
-        return {"top": [{"label": int(i), "class": class_names[i] if class_names else str(i),
-                         "prob": float(probs[i])} for i in top]}
+        from kft.export.tflite import top_classes
+
+        return top_classes(np.asarray(model.predict_on_batch(x[None])[0]), class_names, top_k)

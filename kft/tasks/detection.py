@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import keras
 import numpy as np
 
 from kft import config as cfg
@@ -382,22 +381,14 @@ class DetectionTask(Task):
         """Detections of one image, resized as the pipeline resizes for this model, boxes
         (xyxy) in the image's own pixels."""
         from kft.data.detection_pipeline import resize_image, to_original
+        from kft.export.detection import detection_list
 
         image, scale, _ = resize_image(pixels, image_size=tuple(model.input_shape[1:3]),
                                        resize=getattr(model, "resize", "fixed"))
         det = model.predict_on_batch(np.asarray(image)[None])
         boxes = np.asarray(to_original(det["boxes"][0], scale, pixels.shape[:2]))
-        out = []
-        for i in range(int(det["num_detections"][0])):
-            score = float(det["scores"][0][i])
-            if score < score_threshold:
-                continue
-            label = int(det["labels"][0][i])
-            out.append({"label": label,
-                        "class": class_names[label] if class_names else str(label),
-                        "score": round(score, 4),
-                        "box": [round(float(v), 1) for v in boxes[i]]})
-        return {"detections": out}
+        return detection_list(boxes, np.asarray(det["scores"][0]), np.asarray(det["labels"][0]),
+                              int(det["num_detections"][0]), class_names, score_threshold)
 
 
 def plot_predictions(model, split, batches, path, max_images: int = 16,

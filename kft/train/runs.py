@@ -54,8 +54,8 @@ from kft.train.finetune import (
     set_trainable_stages,
     stage_lr_multipliers,
 )
-from kft.train.plan import plan_bn_momentum, plan_training
 from kft.train.optimizers import build_optimizer
+from kft.train.plan import plan_bn_momentum, plan_training
 from kft.train.schedules import build_schedule
 
 
