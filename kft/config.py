@@ -294,6 +294,16 @@ def unknown_key_message(full_key: str) -> str:
                       f"train.epochs); top-level keys: {', '.join(top)}")
 
 
+def flat_items(obj: Any, prefix: str = ""):
+    """``(dotted key, value)`` of every field of a recipe (or section), sections opened."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            yield from flat_items(value, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", value
+
+
 def valid_keys(obj: Any = None, prefix: str = "") -> list[str]:
     """Every dotted key of a recipe, e.g. ``train.epochs``."""
     obj = Recipe() if obj is None else obj

@@ -104,15 +104,6 @@ def key_docs(recipe: cfg.Recipe | None = None) -> tuple[dict[str, str], dict[str
     return keys, sections
 
 
-def _items(obj, prefix=""):
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if dataclasses.is_dataclass(value):
-            yield from _items(value, f"{prefix}{f.name}.")
-        else:
-            yield f"{prefix}{f.name}", value
-
-
 def _plain(value):
     """Tuples as lists, recursively (what JSON and ``--set`` lists look like)."""
     if isinstance(value, (tuple, list)):
@@ -132,12 +123,12 @@ def recipe_lines(recipe: cfg.Recipe, source: str = "") -> list[str]:
     line (with the section's doc) per dataclass; ``*`` marks a value that differs from the
     :mod:`kft.config` default. ``source`` (the recipe file) is named in the first line."""
     keys, sections = key_docs(recipe)
-    defaults = dict(_items(cfg.Recipe()))
+    defaults = dict(cfg.flat_items(cfg.Recipe()))
     what = f"{source}: " if source else ""
     lines = [f"# {what}every key, its value and what it means ({MARK} = differs from the "
              "kft.config default); change one with --set KEY=VALUE"]
     section = ""
-    for key, value in _items(recipe):
+    for key, value in cfg.flat_items(recipe):
         here = key.rpartition(".")[0]
         if here != section:
             section = here

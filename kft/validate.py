@@ -374,8 +374,8 @@ def validate_recipe(recipe: cfg.Recipe, set_keys: Iterable[str] = (),
     if not isinstance(recipe, cfg.Recipe):
         raise ConfigError(f"expected a kft.config.Recipe, got {type(recipe).__name__}")
     recipe = cfg.normalized(recipe)
-    values = dict(_items(recipe))
-    defaults = dict(_items(cfg.Recipe()))
+    values = dict(cfg.flat_items(recipe))
+    defaults = dict(cfg.flat_items(cfg.Recipe()))
     hints = dict(_hints(cfg.Recipe))
     RULES["task"].check("task", recipe.task, recipe)
     explicit = set(set_keys)
@@ -416,7 +416,7 @@ AUTO_VALUES = {"data.format": AUTO_FORMATS, "data.class_names": ((),), "model.bn
 def resume_differences(recipe: cfg.Recipe, saved: cfg.Recipe) -> list[str]:
     """``key (saved -> new)`` for each key of ``RESUME_FIXED`` that differs (a key the new
     recipe leaves to be settled from the data, :data:`AUTO_VALUES`, does not)."""
-    new, old = dict(_items(recipe)), dict(_items(saved))
+    new, old = dict(cfg.flat_items(recipe)), dict(cfg.flat_items(saved))
     out = []
     for key in new:
         fixed = any(key == k or (k.endswith(".") and key.startswith(k)) for k in RESUME_FIXED)
@@ -429,15 +429,6 @@ def resume_differences(recipe: cfg.Recipe, saved: cfg.Recipe) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------
 # Helpers
-
-
-def _items(obj: Any, prefix: str = ""):
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if dataclasses.is_dataclass(value):
-            yield from _items(value, f"{prefix}{f.name}.")
-        else:
-            yield f"{prefix}{f.name}", value
 
 
 def _hints(cls, prefix: str = ""):

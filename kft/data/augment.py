@@ -226,6 +226,30 @@ class _RandomImageLayer(SeededAugmentation):
         return input_shape
 
 
+class _Composite(_RandomImageLayer):
+    """Base of the layers made of stages (``p`` is always 1: each stage has its own)."""
+
+    def __init__(self, seed: int | None = None, **kwargs):
+        kwargs.pop("p", None)
+        super().__init__(p=1.0, seed=seed, **kwargs)
+
+    @staticmethod
+    def apply_stages(images, stages, seeds):
+        """``images`` through every stage with ``p > 0``, each with its own seed."""
+        for stage, stage_seed in zip(stages, seeds, strict=False):
+            if stage.p > 0.0:
+                images = stage.augment(images, stage_seed)
+        return images
+
+    def stage_config(self) -> dict:
+        raise TypeError(f"{type(self).__name__} must define stage_config()")
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("p")
+        return {**config, **self.stage_config()}
+
+
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class RandomRotate90(_RandomImageLayer):
     """With probability ``p`` per image, rotates by k * 90 degrees, k uniform in {0,1,2,3}
@@ -347,7 +371,7 @@ class RandomBlur(_RandomImageLayer):
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class ClassificationAugment(_RandomImageLayer):
+class ClassificationAugment(_Composite):
     """The D4 recipe: RandomRotate90 -> RandomFlip -> RandomTranspose -> RandomGaussianNoise ->
     RandomBlur, with the given probabilities (0 disables a transform).
 
@@ -356,8 +380,7 @@ class ClassificationAugment(_RandomImageLayer):
 
     def __init__(self, rotate90: float = 0.5, flip: float = 0.5, transpose: float = 0.5,
                  noise: float = 0.2, blur: float = 0.2, seed: int | None = None, **kwargs):
-        kwargs.pop("p", None)
-        super().__init__(p=1.0, seed=seed, **kwargs)
+        super().__init__(seed=seed, **kwargs)
         self.rotate90, self.flip, self.transpose = float(rotate90), float(flip), float(transpose)
         self.noise, self.blur = float(noise), float(blur)
         self.stages = [
@@ -380,16 +403,11 @@ class ClassificationAugment(_RandomImageLayer):
             for stage, stage_seed in d4_stages[1:]:
                 element = compose_d4(element, stage.d4(batch, stage_seed))
             images = apply_d4(images, *element)
-        for stage, stage_seed in zip(self.stages[3:], seeds[3:], strict=True):
-            if stage.p > 0.0:
-                images = stage.augment(images, stage_seed)
-        return images
+        return self.apply_stages(images, self.stages[3:], seeds[3:])
 
-    def get_config(self):
-        config = super().get_config()
-        config.pop("p")
-        return {**config, "rotate90": self.rotate90, "flip": self.flip,
-                "transpose": self.transpose, "noise": self.noise, "blur": self.blur}
+    def stage_config(self):
+        return {"rotate90": self.rotate90, "flip": self.flip, "transpose": self.transpose,
+                "noise": self.noise, "blur": self.blur}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -490,28 +508,20 @@ class RandomColor(_RandomImageLayer):
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class AugmentChain(_RandomImageLayer):
+class AugmentChain(_Composite):
     """Applies ``stages`` (kft augmentation layers) in order, each with its own seed derived
     from the call's seed."""
 
     def __init__(self, stages, seed=None, **kwargs):
-        kwargs.pop("p", None)
-        super().__init__(p=1.0, seed=seed, **kwargs)
+        super().__init__(seed=seed, **kwargs)
         self.stages = [s if isinstance(s, keras.layers.Layer)
                        else keras.saving.deserialize_keras_object(s) for s in stages]
 
     def augment(self, images, seed):
-        for stage, stage_seed in zip(self.stages, _seeds(seed, max(len(self.stages), 1)),
-                                     strict=False):
-            if stage.p > 0.0:
-                images = stage.augment(images, stage_seed)
-        return images
+        return self.apply_stages(images, self.stages, _seeds(seed, max(len(self.stages), 1)))
 
-    def get_config(self):
-        config = super().get_config()
-        config.pop("p")
-        return {**config, "stages": [keras.saving.serialize_keras_object(s)
-                                     for s in self.stages]}
+    def stage_config(self):
+        return {"stages": [keras.saving.serialize_keras_object(s) for s in self.stages]}
 
 
 # data.augment: which transforms suit which images (README "Augmentation presets").

@@ -134,23 +134,17 @@ def stage_lr_multipliers(model, layer_lrs: dict, base_lr: float) -> dict:
     return patterns
 
 
-class ProgressiveUnfreeze(keras.callbacks.Callback):
-    """Unfreezes the backbone top down: ``initial`` stages first, ``per_round`` more every
-    ``every`` epochs (the guide: 1-2 residual stages per round).
+class FreezeSchedule(keras.callbacks.Callback):
+    """Base of the freezing schedules: the trainable backbone stages are a pure function of
+    the epoch (:meth:`stages_at`), so a resumed run freezes exactly as an uninterrupted one.
+    The model's optimiser must have been built on :func:`candidate_trainable_variables`."""
 
-    The trainable set is a pure function of the epoch, so a resumed run unfreezes exactly as
-    an uninterrupted one. The model's optimiser must have been built on
-    :func:`candidate_trainable_variables`.
-    """
-
-    def __init__(self, initial: int, every: int, per_round: int = 1, verbose: bool = True):
+    def __init__(self, verbose: bool = True):
         super().__init__()
-        self.initial, self.every, self.per_round = initial, every, per_round
         self.verbose = verbose
 
     def stages_at(self, epoch: int) -> list[str]:
-        rounds = epoch // self.every if self.every > 0 else 0
-        return top_down_stages(self.model, self.initial + rounds * self.per_round)
+        raise TypeError(f"{type(self).__name__} must define stages_at(epoch)")
 
     def on_epoch_begin(self, epoch, logs=None):
         stages = self.stages_at(epoch)
@@ -160,7 +154,22 @@ class ProgressiveUnfreeze(keras.callbacks.Callback):
         # The traced train step closes over the trainable variable list: retrace it.
         self.model.make_train_function(force=True)
         if self.verbose:
-            print(f"\n[kft] epoch {epoch + 1}: trainable backbone stages -> {stages}")
+            what = ("only the head trains (backbone frozen)" if not stages else
+                    f"trainable backbone stages -> {stages}")
+            print(f"\n[kft] epoch {epoch + 1}: {what}")
+
+
+class ProgressiveUnfreeze(FreezeSchedule):
+    """Unfreezes the backbone top down: ``initial`` stages first, ``per_round`` more every
+    ``every`` epochs (the guide: 1-2 residual stages per round)."""
+
+    def __init__(self, initial: int, every: int, per_round: int = 1, verbose: bool = True):
+        super().__init__(verbose)
+        self.initial, self.every, self.per_round = initial, every, per_round
+
+    def stages_at(self, epoch: int) -> list[str]:
+        rounds = epoch // self.every if self.every > 0 else 0
+        return top_down_stages(self.model, self.initial + rounds * self.per_round)
 
 
 def scaled_backbone_lrs(model, scale: float, base_lr: float, layer_lrs: dict) -> dict:
@@ -172,29 +181,14 @@ def scaled_backbone_lrs(model, scale: float, base_lr: float, layer_lrs: dict) ->
     return {**{stage: base_lr * scale for stage in names}, **layer_lrs}
 
 
-class HeadFirst(keras.callbacks.Callback):
+class HeadFirst(FreezeSchedule):
     """The fine-tuning policy of fastai's ``fine_tune`` and the guide's T1: the backbone is
     frozen for the first ``head_epochs`` epochs (only the new head and layers outside the
-    backbone train), then ``stages`` train (``train.trainable_stages``).
-
-    A pure function of the epoch, so a resumed run freezes exactly as an uninterrupted one.
-    The optimiser must be built on :func:`candidate_trainable_variables`.
-    """
+    backbone train), then ``stages`` train (``train.trainable_stages``)."""
 
     def __init__(self, head_epochs: int, stages, verbose: bool = True):
-        super().__init__()
-        self.head_epochs, self.stages, self.verbose = int(head_epochs), tuple(stages), verbose
+        super().__init__(verbose)
+        self.head_epochs, self.stages = int(head_epochs), tuple(stages)
 
     def stages_at(self, epoch: int) -> list[str]:
         return [] if epoch < self.head_epochs else resolve_stages(self.model, self.stages)
-
-    def on_epoch_begin(self, epoch, logs=None):
-        stages = self.stages_at(epoch)
-        if stages == trainable_stages(self.model):
-            return
-        set_trainable_stages(self.model, stages or ("none",))
-        self.model.make_train_function(force=True)
-        if self.verbose:
-            what = "only the head trains (backbone frozen)" if not stages else (
-                f"trainable backbone stages -> {stages}")
-            print(f"\n[kft] epoch {epoch + 1}: {what}")
