@@ -134,3 +134,30 @@ def test_an_early_stopped_run_is_not_trained_again_on_resume(tmp_path):
     es2 = ResumableEarlyStopping(monitor="loss", mode="max", patience=1,
                                  restore_best_weights=True)
     assert resume_state(fresh, tmp_path, es2, True, epochs=10) == 10
+
+
+def test_stalled_metric_hint_prints_what_to_check_once(capsys):
+    """E7: the loss falls by a third but val AP50 stays near 0 for two evaluations."""
+    from kft.train.callbacks import STALLED_CHECKS, StalledMetricHint
+
+    hint = StalledMetricHint("val_bbox_AP50", 0.02, what="val bbox AP50")
+    logs = [{"loss": 9.9}, {"loss": 8.0, "val_bbox_AP50": 0.0001},
+            {"loss": 7.5, "val_bbox_AP50": 0.0}, {"loss": 4.7, "val_bbox_AP50": 0.0}]
+    for epoch, entry in enumerate(logs[:3]):
+        hint.on_epoch_end(epoch, dict(entry))
+    assert capsys.readouterr().out == ""  # 8.0 and 7.5 are not a third below 9.9
+    hint.on_epoch_end(3, dict(logs[3]))
+    out = capsys.readouterr().out
+    assert "fell from 9.9 to 4.7" in out and "val bbox AP50 is still 0.0000" in out
+    assert all(line.split(":")[0] in out for line in STALLED_CHECKS)
+    hint.on_epoch_end(4, {"loss": 4.0, "val_bbox_AP50": 0.0})
+    assert capsys.readouterr().out == ""  # once
+
+
+def test_stalled_metric_hint_is_quiet_when_the_metric_moves(capsys):
+    from kft.train.callbacks import StalledMetricHint
+
+    hint = StalledMetricHint("val_accuracy", 0.35)
+    for epoch, (loss, acc) in enumerate([(2.0, 0.3), (1.0, 0.4), (0.5, 0.8), (0.3, 0.45)]):
+        hint.on_epoch_end(epoch, {"loss": loss, "val_accuracy": acc})
+    assert capsys.readouterr().out == ""  # never two low evaluations in a row after the fall
