@@ -55,7 +55,9 @@ def small_voc(tmp_path_factory):
 
 def _run(recipe_path, root, run_dir, extra=()):
     recipe = cfg.load_recipe(recipe_path)
+    # one epoch: no warm-up (the recipes' own, 1-2 epochs, would be as long as the run)
     recipe = cfg.apply_overrides(recipe, [f"data.root={root}", "train.epochs=1",
+                                          "train.warmup_epochs=0", "train.warmup_steps=0",
                                           "eval.every=1", *extra])
     return run_recipe(recipe, run_dir, verbose=0), recipe
 
