@@ -140,14 +140,17 @@ def _metrics(path: Path) -> dict:
 
 
 def _resolved(run_dir: Path) -> dict:
-    """What the run was configured with (:data:`SHOWN_KEYS` of its config.json), and how many
-    epochs history.csv holds."""
+    """What the run was configured with (:data:`SHOWN_KEYS` of its config.json, and its
+    ``resolved`` block: what kft settled from the data), and how many epochs history.csv
+    holds."""
     config_path = run_dir / "config.json"
     if not config_path.is_file():
         return {}
     config = json.loads(config_path.read_text())
     shown = {f"{section}.{key}": config[section][key] for section, keys in SHOWN_KEYS.items()
              for key in keys if key in config.get(section, {})}
+    if config.get("resolved"):  # what kft settled from the data (batch fitted, auto lr, ...)
+        shown["kft_resolved"] = config["resolved"]
     history = run_dir / "history.csv"
     if history.is_file():
         shown["epochs_run"] = max(0, len(history.read_text().strip().splitlines()) - 1)
@@ -167,7 +170,8 @@ def run_kft(ctx: Context, run: Run) -> dict:
         if record.get("cmd") == cmd and record.get("test") and (
                 run.dev_root is None or record.get("dev")):
             log(f"{run.name}: reused ({record_path})")
-            return {**record, "reused": True}
+            return {**record, "resolved": _resolved(run_dir) or record.get("resolved"),
+                    "reused": True}
     if run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -328,9 +332,13 @@ def collect(ctx: Context, runs: list[Run]) -> list[dict]:
     records = []
     for run in runs:
         path = ctx.runs / (run.name + ".record.json")
-        records.append(json.loads(path.read_text()) if path.is_file() else
-                       {"name": run.name, "error": f"not on disk ({path}): run the harness "
-                        "without --recipe-only first"})
+        if not path.is_file():
+            records.append({"name": run.name, "error": f"not on disk ({path}): run the "
+                            "harness without --recipe-only first"})
+            continue
+        record = json.loads(path.read_text())
+        records.append({**record, "resolved": _resolved(ctx.runs / run.name)
+                        or record.get("resolved"), "collected_from_disk": True})
     return records
 
 
