@@ -15,6 +15,8 @@ and records them in ``config.json`` under ``"resolved"``):
   (:data:`AUTO_LEARNING_RATES`).
 * ``train.warmup_epochs`` becomes ``train.warmup_steps``; a warm-up as long as the run is an
   error naming both numbers.
+* ``train.head_epochs`` / ``train.backbone_lr_scale`` (the fine-tuning policy) become 0 / 1
+  when the model has no pretrained weights to keep.
 
 The rules (README "Small data"):
 
@@ -123,6 +125,17 @@ def plan_training(recipe: cfg.Recipe, num_train: int) -> tuple[cfg.Recipe, list[
         changes.append(Change("train.restart_epochs", 0.0, float(epochs),
                               "0: one cosine decay over the whole run"))
         updates["restart_epochs"] = float(epochs)
+    m = recipe.model
+    if not (m.load_from or m.preset or m.backbone_weights) and (
+            t.head_epochs or t.backbone_lr_scale != 1.0):
+        why = "no pretrained weights (model.load_from / preset / backbone_weights): nothing to "
+        if t.head_epochs:
+            changes.append(Change("train.head_epochs", t.head_epochs, 0, why + "keep frozen"))
+            updates["head_epochs"] = 0
+        if t.backbone_lr_scale != 1.0:
+            changes.append(Change("train.backbone_lr_scale", t.backbone_lr_scale, 1.0,
+                                  why + "train more gently"))
+            updates["backbone_lr_scale"] = 1.0
     total = epochs * steps
     warmup = t.warmup_steps
     if t.warmup_epochs > 0:

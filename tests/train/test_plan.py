@@ -83,3 +83,14 @@ def test_legacy_augment_bool_still_works():
     assert cfg.apply_overrides(cfg.Recipe(), ["data.augment=false"]).data.augment == "none"
     split = cfg.apply_overrides(cfg.Recipe(), ["data.splits=train, val"])
     assert (split.data.train_split, split.data.val_split) == ("train", "val")
+
+
+def test_the_fine_tuning_policy_is_off_without_pretrained_weights():
+    recipe, changes, _ = plan_training(_recipe(batch_size=4, head_epochs=2,
+                                               backbone_lr_scale=0.1), 40)
+    assert recipe.train.head_epochs == 0 and recipe.train.backbone_lr_scale == 1.0
+    assert {c.key for c in changes} >= {"train.head_epochs", "train.backbone_lr_scale"}
+    tuned = dataclasses.replace(_recipe(batch_size=4, head_epochs=2, backbone_lr_scale=0.1),
+                                model=cfg.Model(load_from="runs/source"))
+    kept, _, _ = plan_training(tuned, 40)
+    assert kept.train.head_epochs == 2 and kept.train.backbone_lr_scale == 0.1
