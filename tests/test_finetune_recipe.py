@@ -57,7 +57,7 @@ def test_finetune_recipe_settles_its_settings_from_the_data_and_the_source(sourc
     assert recipe.data.root == "" and recipe.model.arch == "" and recipe.train.epochs == 0
     recipe = cfg.apply_overrides(recipe, [
         f"data.root={target}", f"model.load_from={source_run / 'model.keras'}",
-        "export.enabled=false", "train.epochs=4", "train.head_epochs=1"])
+        "export.enabled=false", "train.epochs=4"])
     summary = run_recipe(recipe, tmp_path / "run", verbose=0)
     out = capsys.readouterr().out
     run = tmp_path / "run"
