@@ -160,29 +160,41 @@ def inspect_image(path, cache_dir, min_side: int = 8) -> ScanResult:
     """Decodes ``path`` fully with PIL and decides: use as-is, convert, or skip.
 
     Never raises for a bad file; the verdict says why. A conversion writes an RGB PNG into
-    ``cache_dir`` (reused when already there).
+    ``cache_dir`` (reused when already there). PIL's warnings on odd files (EXIF, palette
+    transparency) are silenced.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PIL's EXIF/palette warnings on odd files
+        return _inspect(path, cache_dir, min_side)
+
+
+def _inspect(path, cache_dir, min_side: int) -> ScanResult:
+    """:func:`inspect_image` without touching the warning filters: safe in worker threads.
+
+    ``warnings.catch_warnings`` swaps process-wide state, so two threads inside it at once can
+    leave the filters at "ignore" when both exit: every later warning of the process (the
+    readers' "most objects were dropped" included) would be lost silently. The thread pool of
+    :func:`scan_images` is therefore wrapped once, in the calling thread.
     """
     source = str(path)
     try:
         if os.path.getsize(source) == 0:
             return ScanResult(source, None, "empty file (0 bytes)", field="decode")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # PIL's EXIF/palette warnings on odd files
-            with Image.open(source) as im:
-                width, height = im.size
-                if min(width, height) < min_side:
-                    return ScanResult(
-                        source, None, f"image is {width}x{height} pixels, smaller than "
-                        f"min_side={min_side} (data.min_side)", field="size")
-                im.load()
-                orientation = _orientation(im)
-                reason = conversion_reason(im, orientation)
-                if reason is None:
-                    return ScanResult(source, source)
-                dest = converted_path(source, cache_dir)
-                if not dest.is_file():
-                    _write_png(to_rgb(im, orientation), dest)
-                return ScanResult(source, str(dest), reason, converted=True)
+        with Image.open(source) as im:
+            width, height = im.size
+            if min(width, height) < min_side:
+                return ScanResult(
+                    source, None, f"image is {width}x{height} pixels, smaller than "
+                    f"min_side={min_side} (data.min_side)", field="size")
+            im.load()
+            orientation = _orientation(im)
+            reason = conversion_reason(im, orientation)
+            if reason is None:
+                return ScanResult(source, source)
+            dest = converted_path(source, cache_dir)
+            if not dest.is_file():
+                _write_png(to_rgb(im, orientation), dest)
+            return ScanResult(source, str(dest), reason, converted=True)
     except UnidentifiedImageError:
         return ScanResult(source, None, "not an image PIL can identify (wrong extension, or "
                           "not image data)", field="decode")
@@ -215,11 +227,13 @@ def scan_images(paths, cache_dir=None, report=None, min_side: int = 8,
         raise ValueError(f"min_side={min_side} must be at least 1 (data.min_side)")
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     paths = [str(p) for p in paths]
-    if len(paths) < 2 or workers <= 1:
-        results = [inspect_image(p, cache_dir, min_side) for p in paths]
-    else:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            results = list(pool.map(lambda p: inspect_image(p, cache_dir, min_side), paths))
+    with warnings.catch_warnings():  # once, here: see _inspect
+        warnings.simplefilter("ignore")  # PIL's EXIF/palette warnings on odd files
+        if len(paths) < 2 or workers <= 1:
+            results = [_inspect(p, cache_dir, min_side) for p in paths]
+        else:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                results = list(pool.map(lambda p: _inspect(p, cache_dir, min_side), paths))
     if report is not None:
         _record(results, report)
     return [r.path for r in results]

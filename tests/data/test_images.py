@@ -2,8 +2,10 @@
 
 import hashlib
 import json
+import warnings
 
 import numpy as np
+import pytest
 import tensorflow as tf
 from PIL import Image, ImageOps
 
@@ -101,6 +103,21 @@ def test_thread_pool_keeps_input_order(tmp_path, broken_files):
     two = scan_images(paths, tmp_path / "c2", DataReport(), workers=2)
     assert [p is None for p in one] == [p is None for p in two]
     assert [p for p in one if p and "/c1/" not in p] == [p for p in two if p and "/c2/" not in p]
+
+
+def test_thread_pool_leaves_the_warning_filters_as_they_were(tmp_path):
+    # catch_warnings inside worker threads used to race: the filters stayed at "ignore" and a
+    # reader's later "most objects were dropped" warning was lost (seen in a CI run)
+    paths = []
+    for i in range(24):
+        paths.append(tmp_path / f"p{i}.png")
+        Image.new("P", (20 + i, 16), 0).save(paths[-1], transparency=b"\x00" * 256)
+    with pytest.warns(UserWarning, match="still heard"):
+        before = list(warnings.filters)
+        for _ in range(5):
+            scan_images(paths, cache_dir=tmp_path / "cache", workers=8)
+        assert warnings.filters == before
+        warnings.warn("still heard", UserWarning)
 
 
 def test_report_merge_and_save(tmp_path):
