@@ -13,6 +13,13 @@ Sources, by what ``spec`` points at:
 Variables are matched by path (``stack3_block0_1_conv/kernel``). The report lists what was
 loaded, what was skipped for a shape mismatch (e.g. a head with another class count) and what
 stayed newly initialised.
+
+Class-dependent layers (a classifier's ``predictions``, an SSD's final class convolutions:
+:data:`CLASS_DEPENDENT`) are also kept newly initialised when the source's class names are known
+(its run's ``class_names.json``, or the ``classes`` of the record ``X.json`` beside a file
+``X.keras``) and differ from the model's, even with the same count: logit 2 of a model trained
+on ``[cat, dog, bird]`` means "bird", and starting ``[car, bus, van]``'s "van" from it is a
+wrong start, not transfer. The report's ``reinitialised`` says which variables and why.
 """
 
 from __future__ import annotations
@@ -94,13 +101,54 @@ def source_variables(spec: str, target=None) -> dict[str, np.ndarray]:
     raise WeightsError(f"model.load_from={spec!r}: no such file or directory")
 
 
-def transfer(target, source: dict[str, np.ndarray]) -> dict:
-    """Assigns every source variable whose path and shape match a target variable.
+# variable paths whose meaning is one class each (the layers that map features to per-class
+# logits): a classifier's Dense "predictions"; an SSD head's class predictor, a plain conv
+# "cls_<i>" or the pointwise conv "cls_<i>_pw" of the depthwise kind
+CLASS_DEPENDENT = (re.compile(r"(^|/)predictions/(kernel|bias)$"),
+                   re.compile(r"(^|/)cls_\d+/(kernel|bias)$"),
+                   re.compile(r"(^|/)cls_\d+_pw/(kernel|bias)$"))
+
+
+def is_class_dependent(path: str) -> bool:
+    """Whether variable ``path`` belongs to a class-dependent layer (:data:`CLASS_DEPENDENT`)."""
+    return any(p.search(path) for p in CLASS_DEPENDENT)
+
+
+def source_class_names(spec: str) -> list[str] | None:
+    """The class names the source ``spec`` was trained on, where it says: ``class_names.json``
+    of its kft run (``spec`` the run directory, a file in it or in its ``checkpoints/``), or the
+    ``classes`` / ``class_names`` list of the record ``X.json`` beside a file ``X.keras``;
+    ``None`` when unknown (a keras-hub preset, a bare file)."""
+    p = Path(spec)
+    candidates = []
+    if p.is_dir():
+        candidates.append(p / "class_names.json")
+    elif p.is_file():
+        candidates += [p.parent / "class_names.json", p.parent.parent / "class_names.json",
+                       p.with_suffix(".json")]
+    for file in candidates:
+        if not file.is_file():
+            continue
+        try:
+            data = json.loads(file.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict):
+            data = data.get("classes", data.get("class_names"))
+        if isinstance(data, list) and all(isinstance(n, str) for n in data):
+            return list(data)
+    return None
+
+
+def transfer(target, source: dict[str, np.ndarray], keep_new=()) -> dict:
+    """Assigns every source variable whose path and shape match a target variable, except the
+    paths in ``keep_new`` (reported under ``"reinitialised"``).
 
     Returns ``{"loaded": [...], "shape_mismatch": [{"path", "source", "target"}], "new": [...],
-    "unused": [...]}``.
+    "unused": [...], "reinitialised": [...]}``.
     """
-    report = {"loaded": [], "shape_mismatch": [], "new": [], "unused": []}
+    report = {"loaded": [], "shape_mismatch": [], "new": [], "unused": [], "reinitialised": []}
+    keep_new = set(keep_new)
     seen = set()
     for var in target.weights:
         path = var.path
@@ -108,6 +156,9 @@ def transfer(target, source: dict[str, np.ndarray]) -> dict:
             report["new"].append(path)
             continue
         seen.add(path)
+        if path in keep_new:
+            report["reinitialised"].append(path)
+            continue
         value = source[path]
         if tuple(value.shape) != tuple(var.shape):
             report["shape_mismatch"].append(
@@ -119,16 +170,30 @@ def transfer(target, source: dict[str, np.ndarray]) -> dict:
     return report
 
 
-def load_from(model, spec: str, expected_hash: str = "") -> dict:
-    """Loads ``spec`` into ``model`` by path and shape; returns the report (see :func:`transfer`)."""
+def load_from(model, spec: str, expected_hash: str = "", class_names=None) -> dict:
+    """Loads ``spec`` into ``model`` by path and shape; returns the report (see :func:`transfer`).
+
+    With ``class_names`` (the model's classes, in label order) and a source whose class names
+    are known (:func:`source_class_names`) but differ, the class-dependent variables
+    (:func:`is_class_dependent`) stay newly initialised; the report's ``classes`` says why.
+    """
     digest = None
     if expected_hash:
         file = resolve_weights_file(spec)
         if file is None:
             raise WeightsError(f"model.load_from={spec!r}: no local file to check the hash of")
         digest = verify_checksum(file, expected_hash)
-    report = transfer(model, source_variables(spec, target=model))
+    keep_new, classes = [], None
+    known = source_class_names(spec) if class_names is not None else None
+    if known is not None:
+        same = list(known) == list(class_names)
+        classes = {"source": known, "model": list(class_names), "same": same}
+        if not same:
+            keep_new = [v.path for v in model.weights if is_class_dependent(v.path)]
+    report = transfer(model, source_variables(spec, target=model), keep_new)
     report["source"] = spec
+    if classes is not None:
+        report["classes"] = classes
     if digest:
         report["checksum"] = f"{expected_hash.split(':')[0].lower()}:{digest}"
     if not report["loaded"]:
@@ -145,6 +210,11 @@ def summarize(report: dict) -> str:
     for item in report["shape_mismatch"][:10]:
         lines.append(f"  shape mismatch {item['path']}: source {item['source']} -> "
                      f"model {item['target']} (kept new)")
+    if report.get("reinitialised"):
+        classes = report.get("classes", {})
+        lines.append(f"  {len(report['reinitialised'])} class-dependent variables kept new: the "
+                     f"source's classes {classes.get('source')} are not the model's "
+                     f"{classes.get('model')}")
     return "\n".join(lines)
 
 

@@ -292,7 +292,7 @@ def _range_test(task, recipe, scratch, min_lr, max_lr, num_steps, smooth, diverg
     load_summary = ""
     if recipe.model.load_from:
         load_summary = summarize(load_from(model, recipe.model.load_from,
-                                           recipe.model.load_from_hash))
+                                           recipe.model.load_from_hash, data.class_names))
         print("[kft] " + load_summary)
     schedule = ExponentialRange(min_lr, max_lr, num_steps)
     stages = compile_for_range_test(model, t, schedule, **task.compile_arguments(recipe, data))

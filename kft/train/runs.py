@@ -75,13 +75,14 @@ def prepare_run_dir(run_dir: Path, resume: bool) -> Path:
     return ckpt_dir
 
 
-def prepare_model(model, m: cfg.Model, run_dir: Path, ckpt_dir: Path) -> None:
+def prepare_model(model, m: cfg.Model, run_dir: Path, ckpt_dir: Path,
+                  class_names=None) -> None:
     """Writes the model's config beside the checkpoints (so a checkpoint alone can serve as
     ``load_from``) and applies ``model.load_from`` with its report (load_report.json)."""
     (ckpt_dir / "model_config.json").write_text(
         json.dumps(keras.saving.serialize_keras_object(model)))
     if m.load_from:
-        report = load_from(model, m.load_from, m.load_from_hash)
+        report = load_from(model, m.load_from, m.load_from_hash, class_names)
         (run_dir / "load_report.json").write_text(json.dumps(report, indent=2))
         print("[kft] " + summarize(report))
 
@@ -258,7 +259,7 @@ def _run_task(task, recipe, run_dir, ckpt_dir, resume, verbose, t0, previous):
     changes = list(data.resolved) + changes
     t, e = recipe.train, recipe.eval
     model = task.build_model(recipe, data)
-    prepare_model(model, recipe.model, run_dir, ckpt_dir)
+    prepare_model(model, recipe.model, run_dir, ckpt_dir, data.class_names)
     # the momentum is recorded, not written into model.bn_momentum: a resumed run derives
     # the same value from the same run length
     bn = plan_bn_momentum(model, recipe.model.bn_momentum, t.epochs * steps)

@@ -6,7 +6,13 @@ import pytest
 
 from kft.models.backbones.resnet import build_resnet_backbone
 from kft.models.classifier import ResNetClassifier
-from kft.models.weights import WeightsError, load_from
+from kft.models.weights import (
+    WeightsError,
+    is_class_dependent,
+    load_from,
+    source_class_names,
+    summarize,
+)
 
 
 def _tiny(num_classes, **kw):
@@ -103,3 +109,59 @@ def test_missing_preset_fails_with_a_clear_error(tmp_path):
     with pytest.raises(WeightsError, match="(?s)model.preset=.*local preset folder"):
         ResNetClassifier.from_arch("resnet_tiny", num_classes=3, image_size=64,
                                    preset=str(tmp_path / "no_such_preset"))
+
+
+def test_same_class_count_other_names_reinitialises_the_class_layers(tmp_path):
+    import json
+
+    keras.utils.set_random_seed(0)
+    run = tmp_path / "run"
+    run.mkdir()
+    source = _tiny(3)
+    source.save(run / "model.keras")
+    (run / "class_names.json").write_text(json.dumps(["cat", "dog", "bird"]))
+    head = ("predictions/kernel", "predictions/bias")
+    # other classes, same count: the head stays new, the backbone is loaded
+    keras.utils.set_random_seed(1)
+    target = _tiny(3)
+    fresh = _var(target, "predictions/kernel")
+    report = load_from(target, str(run), class_names=["car", "bus", "van"])
+    assert sorted(report["reinitialised"]) == sorted(head)
+    assert report["classes"] == {"source": ["cat", "dog", "bird"],
+                                 "model": ["car", "bus", "van"], "same": False}
+    np.testing.assert_array_equal(_var(target, "predictions/kernel"), fresh)
+    np.testing.assert_array_equal(_var(target, "stack2_block0_2_conv/kernel"),
+                                  _var(source, "stack2_block0_2_conv/kernel"))
+    assert "class-dependent variables kept new" in summarize(report)
+    # a reordering is other classes too (logit k means another class)
+    assert load_from(_tiny(3), str(run / "model.keras"),
+                     class_names=["dog", "cat", "bird"])["reinitialised"]
+    # the same classes, or names unknown on either side: everything that fits is loaded
+    for spec, names in [(run, ["cat", "dog", "bird"]), (run, None)]:
+        target = _tiny(3)
+        report = load_from(target, str(spec), class_names=names)
+        assert report["reinitialised"] == [] and set(head) <= set(report["loaded"])
+        np.testing.assert_array_equal(_var(target, "predictions/kernel"),
+                                      _var(source, "predictions/kernel"))
+    bare = tmp_path / "bare.keras"
+    source.save(bare)
+    assert load_from(_tiny(3), str(bare), class_names=["car", "bus", "van"])["reinitialised"] == []
+    # the record beside a shipped file names its classes
+    (tmp_path / "bare.json").write_text(json.dumps({"classes": ["cat", "dog", "bird"]}))
+    assert source_class_names(str(bare)) == ["cat", "dog", "bird"]
+    assert sorted(load_from(_tiny(3), str(bare), class_names=["a", "b", "c"])["reinitialised"]) \
+        == sorted(head)
+
+
+def test_ssd_class_predictors_are_the_class_dependent_variables():
+    from kft.models.ssd import SSD
+
+    model = SSD.from_arch("ssdlite_mobilenet_v2", num_classes=3, image_size=96,
+                          width_multiplier=0.35)
+    flagged = sorted(v.path for v in model.weights if is_class_dependent(v.path))
+    assert flagged and all("/cls_" in p and p.rsplit("/", 2)[-2].endswith("_pw")
+                           for p in flagged), flagged
+    # kernel and bias of every class predictor, one per level; nothing of the box branch
+    levels = len(model.ssd_head.cls_predictors)
+    assert len(flagged) == 2 * levels
+    assert not any(is_class_dependent(v.path) for v in model.weights if "box_" in v.path)
