@@ -142,7 +142,9 @@ def source_class_names(spec: str) -> list[str] | None:
 
 def transfer(target, source: dict[str, np.ndarray], keep_new=()) -> dict:
     """Assigns every source variable whose path and shape match a target variable, except the
-    paths in ``keep_new`` (reported under ``"reinitialised"``).
+    paths in ``keep_new`` (reported under ``"reinitialised"``). A variable whose shape differs is
+    listed under ``"shape_mismatch"`` whether or not it is in ``keep_new``, so ``"reinitialised"``
+    holds only the same-shape variables that were deliberately left new.
 
     Returns ``{"loaded": [...], "shape_mismatch": [{"path", "source", "target"}], "new": [...],
     "unused": [...], "reinitialised": [...]}``.
@@ -156,13 +158,13 @@ def transfer(target, source: dict[str, np.ndarray], keep_new=()) -> dict:
             report["new"].append(path)
             continue
         seen.add(path)
-        if path in keep_new:
-            report["reinitialised"].append(path)
-            continue
         value = source[path]
-        if tuple(value.shape) != tuple(var.shape):
+        if tuple(value.shape) != tuple(var.shape):  # reported as a mismatch even if in keep_new
             report["shape_mismatch"].append(
                 {"path": path, "source": list(value.shape), "target": list(var.shape)})
+            continue
+        if path in keep_new:
+            report["reinitialised"].append(path)
             continue
         var.assign(value.astype(var.dtype))
         report["loaded"].append(path)

@@ -151,6 +151,11 @@ def test_same_class_count_other_names_reinitialises_the_class_layers(tmp_path):
     assert source_class_names(str(bare)) == ["cat", "dog", "bird"]
     assert sorted(load_from(_tiny(3), str(bare), class_names=["a", "b", "c"])["reinitialised"]) \
         == sorted(head)
+    # other classes and another count: the head is a shape mismatch, not a re-init
+    report = load_from(_tiny(4), str(run), class_names=["a", "b", "c", "d"])
+    assert {m["path"] for m in report["shape_mismatch"]} == {"predictions/kernel"} | (
+        {"predictions/bias"})
+    assert report["reinitialised"] == []
 
 
 def test_ssd_class_predictors_are_the_class_dependent_variables():
