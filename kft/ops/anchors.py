@@ -159,6 +159,55 @@ def grid_anchors(image_size, strides: Sequence, sizes: Sequence,
     return np.concatenate(levels, axis=0).astype(np.float32)
 
 
+def rcnn_anchors(image_size, feature_shapes: Sequence, sizes: Sequence,
+                 aspect_ratios: Sequence = (2.0, 1.0, 0.5)) -> np.ndarray:
+    """Faster / Mask R-CNN anchors exactly as torchvision's ``AnchorGenerator`` makes them.
+
+    What a converted torchvision RPN needs, channel for channel; it differs from
+    :func:`grid_anchors` in three ways:
+
+    * the stride of a level is ``image // feature`` per axis, integer division (an 800 px image
+      with a 13-cell P6 gets stride 61, not 64);
+    * the base anchors, centred at 0, are rounded to whole pixels (half to even, like
+      ``torch.round``), then shifted by ``(j * stride_x, i * stride_y)`` (offset 0);
+    * per location the anchors run ratio-major: for each ratio, for each size.
+
+    Args:
+        image_size: int or ``(height, width)`` of the network input.
+        feature_shapes: ``L`` feature-map sizes, int or ``(height, width)``, finest first.
+        sizes: ``L`` entries, each a size (``sqrt`` of the area) or a tuple of sizes.
+        aspect_ratios: **width / height** ratios shared by all levels, or ``L`` tuples
+            (torchvision's height / width ``(0.5, 1.0, 2.0)`` is ``(2.0, 1.0, 0.5)`` here, in
+            the same order).
+
+    Returns:
+        ``np.float32 [A, 4]`` ``xyxy`` pixels: level, row-major location, ratio, size.
+    """
+    height, width = _pair(image_size)
+    if len(sizes) != len(feature_shapes):
+        raise ValueError(f"need one sizes entry per feature map, got {len(sizes)} for "
+                         f"{len(feature_shapes)} maps")
+    ratios = _per_level_ratios(aspect_ratios, len(feature_shapes))
+    levels = []
+    for shape, level_sizes, level_ratios in zip(feature_shapes, sizes, ratios, strict=True):
+        fh, fw = (int(v) for v in _pair(shape))
+        sy, sx = int(height) // fh, int(width) // fw
+        # torchvision: h_ratio = sqrt(h / w), w_ratio = 1 / h_ratio, in float32
+        r = np.asarray(level_ratios, np.float32)
+        h_ratio = np.sqrt(np.float32(1.0) / r)
+        w_ratio = np.float32(1.0) / h_ratio
+        scales = np.asarray(_as_tuple(level_sizes), np.float32)
+        ws = (w_ratio[:, None] * scales[None, :]).reshape(-1)
+        hs = (h_ratio[:, None] * scales[None, :]).reshape(-1)
+        base = np.round(np.stack([-ws, -hs, ws, hs], axis=1) / np.float32(2.0))
+        ys = np.arange(fh, dtype=np.float32) * sy
+        xs = np.arange(fw, dtype=np.float32) * sx
+        cy, cx = np.meshgrid(ys, xs, indexing="ij")
+        shifts = np.stack([cx, cy, cx, cy], axis=-1).reshape(-1, 1, 4)
+        levels.append((shifts + base[None]).reshape(-1, 4))
+    return np.concatenate(levels, axis=0).astype(np.float32)
+
+
 def num_anchors_per_location(sizes: Sequence, aspect_ratios: Sequence = (0.5, 1.0, 2.0)
                              ) -> list[int]:
     """Anchors per location of each :func:`grid_anchors` level: ``len(sizes) * len(ratios)``."""

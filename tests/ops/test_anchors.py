@@ -88,3 +88,31 @@ def test_fit_improves_coverage_of_small_elongated_boxes():
     assert list(fit["sizes"]) == sorted(fit["sizes"])
     wh = A.fit_default_box_sizes(gt[:, 2:] - gt[:, :2], 160, 6, feature_shapes=shapes)
     assert wh["report"]["coverage_after"] > wh["report"]["coverage_before"]
+
+
+def test_rcnn_anchors_are_torchvisions_anchor_generator():
+    """The RPN fixture's anchors come from torchvision's AnchorGenerator (sizes 32..512, one
+    per level, ratios h/w 0.5, 1, 2 on a 64 x 128 image): rcnn_anchors gives them exactly."""
+    from pathlib import Path
+
+    from kft.ops.anchors import rcnn_anchors
+
+    fixture = np.load(Path(__file__).parents[1] / "fixtures" / "rpn_torchvision.npz")
+    height, width = (int(v) for v in fixture["image_size"])
+    shapes = [(-(-height // s), -(-width // s)) for s in (4, 8, 16, 32, 64)]
+    anchors = rcnn_anchors((height, width), shapes, (32, 64, 128, 256, 512), (2.0, 1.0, 0.5))
+    np.testing.assert_array_equal(anchors, fixture["anchors"])
+
+
+def test_rcnn_anchors_strides_sizes_and_order():
+    from kft.ops.anchors import rcnn_anchors
+
+    # torchvision's integer stride: an 800 px image with a 13-cell level has stride 61
+    a = rcnn_anchors((800, 800), [(13, 13)], [(512,)], (1.0,))
+    np.testing.assert_array_equal(a[1], [61 - 256, -256, 61 + 256, 256])
+    # ratio-major per location: ratio 2 (w/h) for both sizes first, then ratio 0.5
+    a = rcnn_anchors((32, 32), [(1, 1)], [(16, 32)], (2.0, 0.5))
+    wh = a[:, 2:] - a[:, :2]
+    np.testing.assert_array_equal(wh, [[22, 12], [46, 22], [12, 22], [22, 46]])
+    with pytest.raises(ValueError, match="one sizes entry per feature map"):
+        rcnn_anchors(64, [(16, 16), (8, 8)], (32,))
