@@ -140,3 +140,65 @@ def test_matches_torchvision_fixture():
     for i, name in enumerate(out):
         np.testing.assert_allclose(ops.convert_to_numpy(out[name]), fixture[f"fpn_out{i}"],
                                    atol=1e-4)
+
+
+# --- norm="batch" (fasterrcnn_resnet50_fpn_v2) -------------------------------------------------
+
+def test_default_norm_keeps_the_variables():
+    fpn = FPN(channels=4, name="fpn")
+    fpn(_levels(32, 48, strides=(4, 8), channels=(3, 5), batch=1))
+    assert [v.path for v in fpn.weights] == [
+        f"fpn/{kind}_{level}/{var}" for level in ("P2", "P3")
+        for kind in ("lateral", "output") for var in ("kernel", "bias")]
+    assert fpn.norm is None and not fpn.lateral_norms and not fpn.output_norms
+
+
+def test_batch_norm_variant_by_hand():
+    c4 = np.arange(5 * 7, dtype="float32").reshape(1, 5, 7, 1)
+    c5 = np.arange(3 * 4, dtype="float32").reshape(1, 3, 4, 1) * 10
+    levels = {"C4": c4, "C5": c5}
+    fpn = FPN(channels=1, norm="batch", name="fpn")
+    plain = _identity_fpn(FPN(channels=1), levels)
+    fpn(levels)
+    for conv in fpn.laterals + fpn.outputs:
+        assert not conv.use_bias and conv.bias is None
+    assert [v.path for v in fpn.weights][:4] == [
+        "fpn/lateral_C4/kernel", "fpn/output_C4/kernel", "fpn/lateral_C4_bn/gamma",
+        "fpn/lateral_C4_bn/beta"]
+    kernel = np.zeros((3, 3, 1, 1), "float32")
+    kernel[1, 1] = 1.0
+    # lateral BN: identity; output BN: (x - 3) / sqrt(4 + 1e-5) * 2 + 1
+    for lateral, output, lbn, obn in zip(fpn.laterals, fpn.outputs, fpn.lateral_norms,
+                                         fpn.output_norms, strict=True):
+        lateral.set_weights([np.ones((1, 1, 1, 1), "float32")])
+        output.set_weights([kernel])
+        assert (lbn.epsilon, lbn.momentum, obn.name) == (1e-5, 0.9, output.name + "_bn")
+        lbn.set_weights([np.ones(1), np.zeros(1), np.zeros(1), np.full(1, 1 - 1e-5)])
+        obn.set_weights([np.full(1, 2.0), np.ones(1), np.full(1, 3.0), np.full(1, 4.0)])
+    out = {k: ops.convert_to_numpy(v)[0, :, :, 0] for k, v in fpn(levels).items()}
+    for name in ("C4", "C5"):
+        np.testing.assert_allclose(out[name], (plain[name] - 3) / np.sqrt(4 + 1e-5) * 2 + 1,
+                                   rtol=1e-5)
+    np.testing.assert_array_equal(out["C6"], out["C5"][::2, ::2])
+    # training=True normalises with the batch statistics: every output has mean beta = 1
+    trained = fpn(levels, training=True)
+    np.testing.assert_allclose(ops.convert_to_numpy(trained["C4"]).mean(), 1.0, atol=1e-4)
+
+
+def test_batch_norm_config_round_trip_and_saving(tmp_path):
+    fpn = FPN(channels=4, norm="batch", name="neck")
+    config = fpn.get_config()
+    assert config["norm"] == "batch" and FPN.from_config(config).get_config() == config
+    levels = _levels(64, 96, batch=2)
+    inputs = {k: keras.Input(v.shape[1:], name=k) for k, v in levels.items()}
+    model = keras.Model(inputs, fpn(inputs))
+    for norm in fpn.lateral_norms + fpn.output_norms:
+        norm.moving_mean.assign(np.full(4, 0.3, "float32"))
+    path = tmp_path / "fpn.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    before, after = model.predict(levels, verbose=0), loaded.predict(levels, verbose=0)
+    for name in before:
+        np.testing.assert_allclose(after[name], before[name], atol=1e-6)
+    with pytest.raises(ValueError, match="norm"):
+        FPN(norm="group")

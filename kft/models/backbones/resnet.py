@@ -3,13 +3,26 @@
 kft names the parts of a ResNet the way the fine-tuning guides do: ``stem`` (conv1 + pool),
 ``layer1`` ... ``layer4`` (keras-hub's ``stack0`` ... ``stack3``). Freezing, layer-wise learning
 rates and SE insertion all speak in these names.
+
+:func:`resnet_fpn_body` is the body of torchvision's ``fasterrcnn_resnet50_fpn`` (v1, frozen
+BatchNorm) and ``fasterrcnn_resnet50_fpn_v2`` (trainable BatchNorm): images -> the four stage
+outputs ``P2`` ... ``P5`` an FPN reads. keras-hub's ResNet computes what torchvision's does:
+it pads explicitly (``ZeroPadding2D`` + ``valid`` convolution, so a stride-2 conv sees torch's
+symmetric padding), puts the stride on the bottleneck's 3x3 convolution (ResNet v1.5) and uses
+BatchNorm epsilon 1e-5 and bias-free convolutions. The max pool's zero padding equals torch's
+``-inf`` padding because it follows a ReLU.
 """
 
 from __future__ import annotations
 
 import re
 
+import keras
 import keras_hub
+import numpy as np
+from keras import layers, ops
+
+from kft.models.backbones.vgg import ImageNormalization
 
 # Depth -> (block type, blocks per stage). Filters are the torchvision widths; keras-hub's
 # bottleneck block expands them by 4 internally.
@@ -111,3 +124,168 @@ def stage_output(backbone, stage: str):
         raise ValueError(f"unknown stage {stage!r}; stages are {stage_names(backbone)[1:]}")
     return backbone.pyramid_outputs[key]
 
+
+
+# --------------------------------------------------------------------------------------------
+# Faster R-CNN body
+
+
+BN_EPSILON = 1e-5
+"""torchvision's ``FrozenBatchNorm2d`` / ``BatchNorm2d`` epsilon (keras-hub's ResNet uses it too)."""
+
+
+@keras.saving.register_keras_serializable(package="kft")
+class FrozenBatchNormalization(layers.Layer):
+    """torchvision's ``FrozenBatchNorm2d``: ``x * scale + shift`` over the last axis with
+    ``scale = gamma / sqrt(moving_variance + epsilon)``, ``shift = beta - moving_mean * scale``;
+    ``[B, ..., C] -> [B, ..., C]``.
+
+    The four ``[C]`` variables carry BatchNormalization's names (checkpoints transfer between
+    the two) and are created non-trainable, so they never change: not when ``layer.trainable``
+    is set to True (Keras only flips variables created trainable), not when the layer is called
+    with ``training=True`` (there is no training mode). ``scale`` and ``shift`` are computed in
+    float32 and cast to the input's dtype (mixed precision).
+    """
+
+    def __init__(self, epsilon: float = BN_EPSILON, **kwargs):
+        kwargs.setdefault("autocast", False)
+        super().__init__(**kwargs)
+        self.epsilon = float(epsilon)
+
+    def build(self, input_shape):
+        shape = (input_shape[-1],)
+        for name, init in (("gamma", "ones"), ("beta", "zeros"), ("moving_mean", "zeros"),
+                           ("moving_variance", "ones")):
+            setattr(self, name, self.add_weight(name=name, shape=shape, initializer=init,
+                                                dtype="float32", trainable=False))
+
+    def call(self, x, training=None, mask=None):  # noqa: ARG002 (no training mode; mask as BN)
+        scale = self.gamma * ops.rsqrt(self.moving_variance + self.epsilon)
+        shift = self.beta - self.moving_mean * scale
+        return x * ops.cast(scale, x.dtype) + ops.cast(shift, x.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "epsilon": self.epsilon}
+
+
+def frozen_copy(bn) -> FrozenBatchNormalization:
+    """A built :class:`FrozenBatchNormalization` with ``bn``'s name, epsilon and values."""
+    if bn.axis not in (-1, len(bn.input.shape) - 1):
+        raise ValueError(f"{bn.name}: only channels-last BatchNormalization can be frozen")
+    frozen = FrozenBatchNormalization(bn.epsilon, name=bn.name, dtype=bn.dtype_policy)
+    frozen.build(tuple(bn.input.shape))
+    for name in ("gamma", "beta", "moving_mean", "moving_variance"):
+        source = getattr(bn, name, None)
+        if source is not None:         # center=False / scale=False keep the defaults
+            getattr(frozen, name).assign(ops.cast(source, "float32"))
+    return frozen
+
+
+def pyramid_model(resnet, frozen_bn: bool, name: str = "resnet") -> keras.Model:
+    """``resnet`` (a keras-hub ``ResNetBackbone``) as a functional model from its input to its
+    ``pyramid_outputs`` dict, every BatchNormalization replaced by a
+    :func:`frozen_copy` when ``frozen_bn``. The other layers are shared, not copied."""
+    pyramid = keras.Model(resnet.input, dict(resnet.pyramid_outputs), name=name)
+    if not frozen_bn:
+        return pyramid
+
+    def swap(layer):
+        return frozen_copy(layer) if isinstance(layer, layers.BatchNormalization) else layer
+
+    return keras.models.clone_model(pyramid, clone_function=swap)
+
+
+def _hw(image_size) -> tuple[int, int]:
+    if isinstance(image_size, (int, np.integer)):
+        return int(image_size), int(image_size)
+    h, w = image_size
+    return int(h), int(w)
+
+
+@keras.saving.register_keras_serializable(package="kft")
+class ResNetFPNBody(keras.Model):
+    """The ResNet body of torchvision's Faster R-CNN: images ``[B, H, W, 3]`` float32 RGB in
+    0..255 -> ``{"P2": C2, "P3": C3, "P4": C4, "P5": C5}``, channels-last, strides 4, 8, 16, 32
+    (keras-hub's pyramid names; ResNet-50: 256, 512, 1024, 2048 channels, ``ceil``-like
+    sizes of torch's conv arithmetic, e.g. 88 x 136 -> 22 x 34, 11 x 17, 6 x 9, 3 x 5).
+
+    Args:
+        arch: a key of :data:`RESNET_ARCHS` (``resnet_tiny``: three stages, ``P2`` ... ``P4``).
+        image_size: ``(H, W)`` or a side.
+        preset: keras-hub ResNet preset name or local preset folder (ImageNet weights); only
+            used to initialise: ``get_config`` records the architecture (``resnet``), so a
+            saved model reloads from its own weights without network.
+        frozen_bn: every BatchNorm a :class:`FrozenBatchNormalization` (torchvision's
+            ``fasterrcnn_resnet50_fpn``); False: ordinary trainable BatchNormalization
+            (``fasterrcnn_resnet50_fpn_v2``).
+        normalization: a key of ``kft.models.backbones.vgg.NORMALIZATIONS``; ``"torch"`` is
+            GeneralizedRCNNTransform's ImageNet mean / std on 0..1 images.
+        resnet: a keras-hub ``ResNetBackbone`` config (what ``get_config`` stores); overrides
+            ``arch`` and ``preset``.
+
+    Layers keep keras-hub's names (``conv1_conv``, ``stack2_block0_1_bn``) inside the nested
+    model ``resnet``; ``stage_names()`` / ``stage_of(layer_name)`` give the stages
+    ``stem``, ``layer1`` ... for ``train.trainable_stages`` and layer-wise learning rates.
+    """
+
+    def __init__(self, arch: str = "resnet50", image_size=(800, 800), preset: str = "",
+                 frozen_bn: bool = True, normalization: str = "torch", resnet=None, **kwargs):
+        height, width = _hw(image_size)
+        if resnet is not None:
+            hub = keras_hub.models.ResNetBackbone.from_config(
+                {**resnet, "image_shape": (height, width, 3)})
+        else:
+            hub = build_resnet_backbone(arch, (height, width), preset)
+        if not isinstance(hub, keras_hub.models.ResNetBackbone) or hub.use_pre_activation:
+            raise ValueError(f"preset={preset!r} is not a ResNet v1 (keras-hub ResNetBackbone "
+                             "without pre-activation), which torchvision's detectors use")
+        resnet_config = hub.get_config()
+        features = pyramid_model(hub, bool(frozen_bn))
+        images = keras.Input((height, width, 3), name="images")
+        x = ImageNormalization(normalization, name="normalize")(images)
+        levels = features(x)
+        super().__init__(inputs=images, outputs=levels, **kwargs)
+        self.arch = arch
+        self.image_size = (height, width)
+        self.frozen_bn = bool(frozen_bn)
+        self.normalization = normalization
+        self.resnet_config = resnet_config
+        self.level_names = tuple(levels)
+        strides, stride = [], 4                      # conv1 (2) x max pool (2)
+        for s in hub.stackwise_num_strides:
+            stride *= int(s)
+            strides.append(stride)
+        self.strides = tuple(strides)
+        self._stages = stage_names(hub)
+
+    def stage_names(self) -> list[str]:
+        """``["stem", "layer1", ..., "layerN"]`` bottom-up, as ``train.trainable_stages``
+        names them."""
+        return list(self._stages)
+
+    def stage_of(self, layer_name: str) -> str:
+        """``stack2_block0_1_conv`` -> ``layer3``; the stem layers (``conv1_*``) -> ``stem``."""
+        return stage_of(layer_name, self._stages[-1])
+
+    def get_config(self):
+        resnet = {k: v for k, v in self.resnet_config.items() if k != "image_shape"}
+        return {"arch": self.arch, "image_size": list(self.image_size),
+                "frozen_bn": self.frozen_bn, "normalization": self.normalization,
+                "resnet": resnet, "name": self.name, "trainable": self.trainable}
+
+
+def resnet_fpn_body(arch: str = "resnet50", image_size=(800, 800), *, preset: str = "",
+                    frozen_bn: bool = True, normalization: str = "torch",
+                    name: str = "backbone") -> ResNetFPNBody:
+    """The backbone body of torchvision's ``fasterrcnn_resnet50_fpn`` (``frozen_bn=True``) or
+    ``fasterrcnn_resnet50_fpn_v2`` (``frozen_bn=False``); see :class:`ResNetFPNBody`.
+
+    ``model(images [B, H, W, 3] in 0..255)`` -> ``{"P2" ... "P5": [B, h_l, w_l, C_l]}`` at
+    ``model.strides`` (4, 8, 16, 32), in the order of ``model.level_names``; feed it to
+    ``FPN(**RESNET_FPN)`` (v2: ``norm="batch"``). Weights: ``preset`` (keras-hub ImageNet),
+    or a torchvision state dict through :func:`kft.models.torchvision_map.map_resnet_body`.
+    """
+    return ResNetFPNBody(arch, image_size, preset, frozen_bn, normalization, name=name)

@@ -28,6 +28,12 @@ Variants (``levels`` picks and orders the input levels used; the others are igno
   ``FPN(levels=("C5a", "C5"), extra_name="pool")``, or :data:`MOBILENET_V3_FPN` with the
   backbone's two names.
 
+Normalisation (``norm``): ``None`` (v1) gives every lateral and output convolution a bias;
+``"batch"`` (``fasterrcnn_resnet50_fpn_v2``, torchvision's ``FeaturePyramidNetwork(
+norm_layer=nn.BatchNorm2d)``) drops the biases and follows each convolution with a
+BatchNormalization named ``<conv>_bn`` (epsilon 1e-5, momentum 0.9 = torch's 0.1), in
+training mode when the FPN is called with ``training=True``.
+
 Initialisation as torchvision: kaiming-uniform with ``a=1`` (LeCun uniform) kernels, zero
 biases.
 """
@@ -50,6 +56,10 @@ MOBILENET_V3_FPN = {"channels": 256, "extra": "max_pool", "extra_name": "pool"}
 """fasterrcnn_mobilenet_v3_large_fpn's neck; add ``levels=(name_160ch, name_960ch)``."""
 
 EXTRA_BLOCKS = ("max_pool", None)
+NORMS = (None, "batch")
+BN_EPSILON = 1e-5
+BN_MOMENTUM = 0.9
+"""Keras momentum of torch's BatchNorm2d momentum 0.1 (``moving = 0.9 moving + 0.1 batch``)."""
 
 
 @keras.saving.register_keras_serializable(package="kft")
@@ -64,6 +74,8 @@ class FPN(layers.Layer):
         extra_name: name of the extra level; ``None`` derives it from the last level's name
             (``"P5"`` -> ``"P6"``, ``"C5"`` -> ``"C6"``), or ``"pool"`` (torchvision's name)
             when that name does not end in a number.
+        norm: ``None`` (convolutions with biases) or ``"batch"`` (bias-free convolutions, each
+            followed by BatchNormalization; ``lateral_norms`` / ``output_norms`` hold them).
 
     Call:
         ``features``: dict ``name -> [B, H_l, W_l, C_l]``. Returns a dict ``name ->
@@ -71,10 +83,12 @@ class FPN(layers.Layer):
     """
 
     def __init__(self, channels: int = DEFAULT_CHANNELS, levels=None, extra: str | None =
-                 "max_pool", extra_name: str | None = None, **kwargs):
+                 "max_pool", extra_name: str | None = None, norm: str | None = None, **kwargs):
         super().__init__(**kwargs)
         if extra not in EXTRA_BLOCKS:
             raise ValueError(f"extra={extra!r} must be one of {EXTRA_BLOCKS}")
+        if norm not in NORMS:
+            raise ValueError(f"norm={norm!r} must be one of {NORMS}")
         if int(channels) < 1:
             raise ValueError(f"channels must be >= 1, got {channels}")
         self.channels = int(channels)
@@ -83,8 +97,11 @@ class FPN(layers.Layer):
             raise ValueError("levels must name at least one input level")
         self.extra = extra
         self.extra_name = extra_name
+        self.norm = norm
         self.laterals: list = []
         self.outputs: list = []
+        self.lateral_norms: list = []
+        self.output_norms: list = []
 
     def _names(self, features) -> tuple:
         names = tuple(features) if self.levels is None else self.levels
@@ -111,28 +128,45 @@ class FPN(layers.Layer):
             raise ValueError(f"FPN takes a dict of named levels, got {type(input_shape)}")
         names = self._names(input_shape)
         init = keras.initializers.VarianceScaling(1.0, "fan_in", "uniform")
-        self.laterals, self.outputs = [], []
+        bias = self.norm is None
+        self.laterals, self.outputs, self.lateral_norms, self.output_norms = [], [], [], []
         for name in names:
             shape = tuple(input_shape[name])
-            lateral = layers.Conv2D(self.channels, 1, kernel_initializer=init,
+            out_shape = shape[:-1] + (self.channels,)
+            lateral = layers.Conv2D(self.channels, 1, use_bias=bias, kernel_initializer=init,
                                     bias_initializer="zeros", name=f"lateral_{name}")
-            output = layers.Conv2D(self.channels, 3, padding="same", kernel_initializer=init,
-                                   bias_initializer="zeros", name=f"output_{name}")
+            output = layers.Conv2D(self.channels, 3, padding="same", use_bias=bias,
+                                   kernel_initializer=init, bias_initializer="zeros",
+                                   name=f"output_{name}")
             lateral.build(shape)
-            output.build(shape[:-1] + (self.channels,))
+            output.build(out_shape)
             self.laterals.append(lateral)
             self.outputs.append(output)
+            if self.norm == "batch":
+                for conv, norms in ((lateral, self.lateral_norms), (output, self.output_norms)):
+                    bn = layers.BatchNormalization(epsilon=BN_EPSILON, momentum=BN_MOMENTUM,
+                                                   name=f"{conv.name}_bn")
+                    bn.build(out_shape)
+                    norms.append(bn)
         super().build(input_shape)
 
-    def call(self, features):
+    def _lateral(self, i, x, training):
+        x = self.laterals[i](x)
+        return self.lateral_norms[i](x, training=training) if self.lateral_norms else x
+
+    def _output(self, i, x, training):
+        x = self.outputs[i](x)
+        return self.output_norms[i](x, training=training) if self.output_norms else x
+
+    def call(self, features, training=None):
         names = self._names(features)
         results = [None] * len(names)
-        top = self.laterals[-1](features[names[-1]])
-        results[-1] = self.outputs[-1](top)
+        top = self._lateral(-1, features[names[-1]], training)
+        results[-1] = self._output(-1, top, training)
         for i in range(len(names) - 2, -1, -1):
-            lateral = self.laterals[i](features[names[i]])
+            lateral = self._lateral(i, features[names[i]], training)
             top = lateral + nearest_resize_like(top, lateral)
-            results[i] = self.outputs[i](top)
+            results[i] = self._output(i, top, training)
         out = dict(zip(names, results, strict=True))
         if self.extra == "max_pool":
             out[self._extra_name(names[-1])] = results[-1][:, ::2, ::2, :]
@@ -150,7 +184,8 @@ class FPN(layers.Layer):
     def get_config(self):
         config = super().get_config()
         config.update(channels=self.channels, levels=None if self.levels is None
-                      else list(self.levels), extra=self.extra, extra_name=self.extra_name)
+                      else list(self.levels), extra=self.extra, extra_name=self.extra_name,
+                      norm=self.norm)
         return config
 
 
