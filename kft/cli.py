@@ -245,6 +245,7 @@ def register_optional(group: click.Group, module: str, attribute: str) -> bool:
 
 
 register_optional(main, "kft.cli_lrfind", "lr_find")  # kft lr-find
+register_optional(main, "kft.cli_convert", "convert")  # kft convert torchvision
 
 if __name__ == "__main__":
     main()

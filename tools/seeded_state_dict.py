@@ -78,4 +78,4 @@ def pack_spec(spec) -> dict:
 
 def unpack_spec(keys, shapes) -> list:
     """Inverse of :func:`pack_spec`."""
-    return [(str(k), tuple(int(d) for d in s if d >= 0)) for k, s in zip(keys, shapes)]
+    return [(str(k), tuple(int(d) for d in s if d >= 0)) for k, s in zip(keys, shapes, strict=True)]

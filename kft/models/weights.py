@@ -103,10 +103,13 @@ def source_variables(spec: str, target=None) -> dict[str, np.ndarray]:
 
 # variable paths whose meaning is one class each (the layers that map features to per-class
 # logits): a classifier's Dense "predictions"; an SSD head's class predictor, a plain conv
-# "cls_<i>" or the pointwise conv "cls_<i>_pw" of the depthwise kind
+# "cls_<i>" or the pointwise conv "cls_<i>_pw" of the depthwise kind; a Faster R-CNN's
+# box predictor
 CLASS_DEPENDENT = (re.compile(r"(^|/)predictions/(kernel|bias)$"),
                    re.compile(r"(^|/)cls_\d+/(kernel|bias)$"),
-                   re.compile(r"(^|/)cls_\d+_pw/(kernel|bias)$"))
+                   re.compile(r"(^|/)cls_\d+_pw/(kernel|bias)$"),
+                   # a Faster R-CNN's box predictor (class logits, class-specific deltas)
+                   re.compile(r"(^|/)box_predictor/(cls_score|bbox_pred)/(kernel|bias)$"))
 
 
 def is_class_dependent(path: str) -> bool:

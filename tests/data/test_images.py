@@ -117,7 +117,7 @@ def test_thread_pool_leaves_the_warning_filters_as_they_were(tmp_path):
         for _ in range(5):
             scan_images(paths, cache_dir=tmp_path / "cache", workers=8)
         assert warnings.filters == before
-        warnings.warn("still heard", UserWarning)
+        warnings.warn("still heard", UserWarning, stacklevel=1)
 
 
 def test_report_merge_and_save(tmp_path):

@@ -1,0 +1,134 @@
+"""torchvision Faster R-CNN checkpoints -> kft: output equality on committed fixtures.
+
+``tools/make_faster_rcnn_fixture.py`` (run where torchvision is installed) loads weights drawn
+from a seeded generator into torchvision's model and stores its proposals and detections on two
+photos; here the same weights are drawn, converted with ``kft convert``'s code and run in kft.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kft.models.convert_torchvision import (
+    ConvertError,
+    convert_faster_rcnn,
+    detect_arch,
+    num_classes_of,
+    read_state_dict,
+)
+from kft.models.faster_rcnn import FasterRCNN
+
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = ROOT / "tests" / "fixtures"
+_spec = importlib.util.spec_from_file_location("seeded_state_dict",
+                                               ROOT / "tools" / "seeded_state_dict.py")
+seeded = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(seeded)
+
+ARCHS = ("fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2",
+         "fasterrcnn_mobilenet_v3_large_fpn")
+
+
+def fixture_state_dict(arch):
+    f = np.load(FIXTURES / f"{arch}_torchvision.npz")
+    spec = seeded.unpack_spec(f["spec_keys"], f["spec_shapes"])
+    gains = {str(k): float(v) for k, v in zip(f["gain_prefixes"], f["gain_values"], strict=True)}
+    return f, seeded.draw(spec, int(f["seed"]), gains)
+
+
+def box_iou(a, b):
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=-1)
+    area = lambda x: np.prod(x[:, 2:] - x[:, :2], axis=-1)  # noqa: E731
+    return inter / (area(a)[:, None] + area(b)[None, :] - inter + 1e-9)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_converted_model_gives_torchvisions_proposals_and_detections(arch):
+    f, state_dict = fixture_state_dict(arch)
+    assert detect_arch(state_dict) == arch
+    images = f["images"].astype("float32")
+    model = FasterRCNN.from_arch(arch, num_classes_of(state_dict), image_size=images.shape[1])
+    report = convert_faster_rcnn(state_dict, model)
+    assert not report["shape_mismatch"] and not report["unused_keys"]
+    raw = model(images)
+    det = {k: np.asarray(v) for k, v in model.detect(images).items()}
+    for i in range(len(images)):
+        # proposals: the same boxes in the same (score) order
+        n = int(f["num_proposals"][i])
+        valid = np.asarray(raw["proposal_valid"][i])
+        assert int(valid.sum()) == n
+        ours = np.asarray(raw["proposals"][i])[:n]
+        theirs = f["proposals"][i, :n]
+        close = np.abs(ours - theirs).max(axis=1) <= 1.0
+        assert close.mean() >= 0.99, (i, close.mean())
+        # detections: every torchvision detection clear of the last kept score (ties at the
+        # cut of 100 may go either way) is a kft detection with the same label, box within
+        # 1 px, score within 1e-3; and the counts agree
+        d = int(f["num_detections"][i])
+        k = int(det["num_detections"][i])
+        assert abs(k - d) <= 1, (k, d)
+        cut = f["scores"][i, d - 1] + 1e-3 if d == model.max_detections else -1.0
+        theirs = [j for j in range(d) if f["scores"][i, j] > cut]
+        assert len(theirs) > 10
+        iou = box_iou(f["boxes"][i, theirs], det["boxes"][i, :k])
+        for row, j in enumerate(theirs):
+            same = np.where(det["labels"][i, :k] == f["labels"][i, j] - 1, iou[row], -1.0)
+            m = int(np.argmax(same))
+            assert np.abs(det["boxes"][i, m] - f["boxes"][i, j]).max() <= 1.0, (i, j)
+            assert abs(det["scores"][i, m] - f["scores"][i, j]) <= 1e-3, (i, j)
+
+
+def test_reading_checkpoints(tmp_path):
+    _, state_dict = fixture_state_dict("fasterrcnn_resnet50_fpn")
+    npz = tmp_path / "sd.npz"
+    np.savez(npz, **state_dict)
+    back = read_state_dict(npz)
+    assert set(back) == set(state_dict) and num_classes_of(back) == 3
+    with pytest.raises(ConvertError, match="no such checkpoint"):
+        read_state_dict(tmp_path / "missing.pth")
+    pth = tmp_path / "model.pth"
+    pth.write_bytes(b"not a checkpoint")
+    try:
+        import torch  # noqa: F401
+    except ModuleNotFoundError:
+        with pytest.raises(ConvertError, match="needs torch.*pip install torch"):
+            read_state_dict(pth)
+    else:
+        with pytest.raises(ConvertError, match="not a readable PyTorch checkpoint"):
+            read_state_dict(pth)
+    with pytest.raises(ConvertError, match="not a torchvision Faster R-CNN"):
+        detect_arch({"fc.weight": np.zeros((2, 2))})
+
+
+def test_kft_convert_command_writes_a_model_and_its_report(tmp_path):
+    from click.testing import CliRunner
+
+    from kft.cli import main
+    from kft.saving import load_model
+
+    _, state_dict = fixture_state_dict("fasterrcnn_mobilenet_v3_large_fpn")
+    npz = tmp_path / "coco.npz"
+    np.savez(npz, **state_dict)
+    out = tmp_path / "converted" / "model.keras"
+    result = CliRunner().invoke(main, ["convert", "torchvision", str(npz), "--image-size", "128",
+                                       "--num-classes", "2", "--class-names", '["cat", "dog"]',
+                                       "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    record = json.loads(Path(f"{out}.convert.json").read_text())
+    assert record["arch"] == "fasterrcnn_mobilenet_v3_large_fpn"
+    assert record["source_num_classes"] == 3 and record["num_classes"] == 2
+    # another class count: only the predictor's layers are left new
+    assert {m["path"].split("/")[0] for m in record["shape_mismatch"]} == {"box_predictor"}
+    assert json.loads((out.parent / "class_names.json").read_text()) == ["cat", "dog"]
+    model = load_model(out)
+    assert model.num_classes == 2 and model.image_size == (128, 128)
+    bad = CliRunner().invoke(main, ["convert", "torchvision", str(npz), "--image-size", "100",
+                                    "-o", str(out)])
+    assert bad.exit_code == 2 and "multiple of 32" in bad.output
