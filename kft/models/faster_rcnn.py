@@ -288,6 +288,12 @@ class FasterRCNN(Detector):
         settings.pop("fpn_norm", None)
         return cls(backbone, num_classes, neck=neck, arch=arch, **settings)
 
+    @property
+    def input_shape(self) -> tuple:
+        """``(None, H, W, 3)``: the static image input (a subclassed model has no symbolic
+        input, so this mirrors the functional detectors' attribute)."""
+        return (None, *self.image_size, 3)
+
     # --- network ---------------------------------------------------------------------------
 
     def call(self, images, training=False):
