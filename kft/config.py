@@ -59,6 +59,10 @@ class Data:
     # VOC / YOLO: the classes to read; () = inferred (the 20 VOC ones when every name is one)
     class_names: tuple[str, ...] = ()
     resize: str = "fixed"  # fixed (SSD 300/512) | keep_aspect (R-CNN)
+    # Faster R-CNN (keep_aspect): the image is scaled so that its short side is image_size but
+    # its long side at most max_size, and padded to a square canvas of max_size rounded up to
+    # 32 (torchvision: 800 / 1333 -> 1344); 0 = image_size (the long side fits image_size)
+    max_size: int = 0
     max_instances: int = 100  # ground-truth boxes per image after padding
     detection_augment: str = "ssd"  # none | ssd (photometric + expand + IoU crop + flip) | default
 
@@ -75,6 +79,25 @@ class SSDSettings:
     steps: tuple[int, ...] = ()
     iou_threshold: float = 0.5  # matching: a default box on an object from this IoU
     neg_pos_ratio: float = 3.0  # hard negative mining: negatives per positive
+
+
+@dataclass
+class FasterRCNNSettings:
+    """``model.frcnn.*``: what only Faster R-CNN reads (torchvision's defaults; () / 0 = the
+    architecture's own)."""
+
+    # anchor sizes in pixels per pyramid level (P2..P6), each a tuple; the guide's M7 small-
+    # object setting starts at 8 px: ((8,), (16,), (32,), (64,), (128,))
+    anchor_sizes: tuple[tuple[float, ...], ...] = ()
+    aspect_ratios: tuple[float, ...] = ()  # width / height; () = (2.0, 1.0, 0.5)
+    rpn_nms_threshold: float = 0.7  # M7: 0.5-0.6 for small, crowded objects
+    rpn_pre_nms_top_n: tuple[int, int] = (2000, 1000)  # per level before NMS: train, test
+    rpn_post_nms_top_n: tuple[int, int] = (2000, 1000)  # per image after NMS: train, test
+    rpn_batch_size_per_image: int = 256  # anchors sampled per image for the RPN loss
+    box_batch_size_per_image: int = 512  # RoIs sampled per image for the box head
+    box_positive_fraction: float = 0.25
+    representation_size: int = 0  # box head FC width (M4/M7: 512 for small objects); 0 = 1024
+    ohem_fraction: float = 0.0  # T10: train the box head on the hardest share of RoIs (0.3)
 
 
 @dataclass
@@ -101,6 +124,7 @@ class Model:
     # get statistics that follow the weights), -1 = keep the network's own, else set it
     bn_momentum: float = 0.0
     ssd: SSDSettings = field(default_factory=SSDSettings)
+    frcnn: FasterRCNNSettings = field(default_factory=FasterRCNNSettings)
 
 
 @dataclass

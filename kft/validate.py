@@ -25,7 +25,7 @@ import math
 import re
 import typing
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from kft import config as cfg
@@ -43,6 +43,9 @@ RESNET_STAGES = {  # kft.models.backbones.resnet.RESNET_ARCHS: arch -> number of
 }
 SSD_ARCHS = ("ssd300_vgg16", "ssd512_vgg16", "ssdlite_mobilenet_v2",
              "ssdlite_mobilenet_v3")  # kft.models.ssd.SSD_ARCHS
+FRCNN_ARCHS = ("fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2",
+               "fasterrcnn_mobilenet_v3_large_fpn",
+               "fasterrcnn_resnet_tiny_fpn")  # kft.models.faster_rcnn.ARCHS
 OPTIMIZERS = ("sgd", "adamw", "adam")  # kft.train.optimizers._OPTIMIZERS
 SCHEDULES = ("constant", "cosine_restarts", "warmup_multistep", "step")  # build_schedule
 PRECISIONS = ("", "float32", "float16", "bfloat16")  # kft.train.runs.set_precision
@@ -63,8 +66,8 @@ DETECTION_LOG_KEYS = ("bbox_AP", "bbox_AP50", "bbox_AP75")  # kft.eval.detection
 VOC_LOG_KEYS = ("voc07_mAP", "voc_area_mAP")  # kft.eval.detection.VOC_LOG_KEYS
 MONITORS = {
     "classification": ("",) + tuple(p + m for p in ("val_", "") for m in CLASSIFICATION_METRICS),
-    "detection": ("", "loss", "cls_loss", "box_loss") + tuple("val_" + k
-                                                              for k in DETECTION_LOG_KEYS),
+    "detection": ("", "loss", "cls_loss", "box_loss", "rpn_objectness", "rpn_box", "roi_cls",
+                  "roi_box") + tuple("val_" + k for k in DETECTION_LOG_KEYS),
 }
 VOC_MONITORS = tuple("val_" + k for k in VOC_LOG_KEYS)
 
@@ -245,7 +248,7 @@ RULES: dict[str, Any] = {
     "data.detection_augment": OneOf(DETECTION_AUGMENTS),
     # model
     "model.arch": ByTask({"classification": OneOf(("",) + tuple(RESNET_STAGES)),
-                          "detection": OneOf(SSD_ARCHS)}),
+                          "detection": OneOf(SSD_ARCHS + FRCNN_ARCHS)}),
     "model.load_from_hash": Pattern(r"sha256:[0-9a-fA-F]{64}|md5:[0-9a-fA-F]{32}",
                                     "'sha256:<64 hex digits>' or 'md5:<32 hex digits>'"),
     "model.num_classes": NON_NEGATIVE,
@@ -296,6 +299,17 @@ RULES: dict[str, Any] = {
     "train.loc_weight": NON_NEGATIVE,
     "model.ssd.neg_pos_ratio": POSITIVE,
     "model.ssd.iou_threshold": Range(0, 1, lo_open=True),
+    "model.frcnn.anchor_sizes": Each(POSITIVE),
+    "model.frcnn.aspect_ratios": Each(POSITIVE),
+    "model.frcnn.rpn_nms_threshold": Range(0, 1, lo_open=True),
+    "model.frcnn.rpn_pre_nms_top_n": Each(AT_LEAST_1),
+    "model.frcnn.rpn_post_nms_top_n": Each(AT_LEAST_1),
+    "model.frcnn.rpn_batch_size_per_image": AT_LEAST_1,
+    "model.frcnn.box_batch_size_per_image": AT_LEAST_1,
+    "model.frcnn.box_positive_fraction": Range(0, 1, lo_open=True),
+    "model.frcnn.representation_size": NON_NEGATIVE,
+    "model.frcnn.ohem_fraction": FRACTION_OPEN,
+    "data.max_size": NON_NEGATIVE,
     # eval
     "eval.batch_size": AT_LEAST_1,
     "eval.every": NON_NEGATIVE,  # 0: no evaluation during training
@@ -314,7 +328,7 @@ TASK_ONLY: dict[str, frozenset[str]] = {
     "classification": frozenset({
         "data.tfds_data_dir", "data.tfds_download", "data.augment",
         "data.min_side", "data.shuffle_buffer",
-        "model.preset", "model.head", "model.head_units", "model.dropout", "model.se_stages",
+        "model.head", "model.head_units", "model.dropout", "model.se_stages",
         "model.se_reduction",
     }),
     "detection": frozenset({
@@ -324,6 +338,11 @@ TASK_ONLY: dict[str, frozenset[str]] = {
         "model.backbone_weights", "model.width_multiplier",
         "model.ssd.sizes", "model.ssd.aspect_ratios", "model.ssd.steps",
         "model.ssd.iou_threshold", "model.ssd.neg_pos_ratio",
+        "model.frcnn.anchor_sizes", "model.frcnn.aspect_ratios", "model.frcnn.rpn_nms_threshold",
+        "model.frcnn.rpn_pre_nms_top_n", "model.frcnn.rpn_post_nms_top_n",
+        "model.frcnn.rpn_batch_size_per_image", "model.frcnn.box_batch_size_per_image",
+        "model.frcnn.box_positive_fraction", "model.frcnn.representation_size",
+        "model.frcnn.ohem_fraction", "data.max_size",
         "train.cls_loss", "train.box_loss", "train.cls_weight", "train.loc_weight",
         "eval.every", "eval.score_threshold", "eval.nms_iou_threshold", "eval.max_detections",
     }),
@@ -334,7 +353,7 @@ SHARED_KEYS = frozenset({
     "data.splits",
     "data.cache",
     "data.generate",
-    "model.arch", "model.load_from", "model.load_from_hash", "model.num_classes",
+    "model.arch", "model.preset", "model.load_from", "model.load_from_hash", "model.num_classes",
     "model.bn_momentum",
     "train.epochs", "train.batch_size", "train.seed", "train.optimizer", "train.learning_rate",
     "train.momentum", "train.nesterov", "train.weight_decay", "train.weight_decay_mode",
@@ -569,6 +588,43 @@ def _schedule_lengths(r: cfg.Recipe) -> None:
                           f"the backbone (train.epochs={t.epochs})")
 
 
+def _model_detector_family(r: cfg.Recipe) -> None:
+    """``model.ssd.*`` only with an SSD, ``model.frcnn.*`` and ``data.max_size`` only with a
+    Faster R-CNN; a Faster R-CNN's image sizes are multiples of 32 (its FPN strides)."""
+    if r.task != "detection" or not r.model.arch:
+        return
+    frcnn = r.model.arch in FRCNN_ARCHS
+    default = cfg.Recipe()
+    for section, used in (("ssd", not frcnn), ("frcnn", frcnn)):
+        ours, base = getattr(r.model, section), getattr(default.model, section)
+        for f in fields(ours):
+            if not used and _normal(getattr(ours, f.name)) != _normal(getattr(base, f.name)):
+                raise ConfigError(f"model.{section}.{f.name}={_show(getattr(ours, f.name))} is "
+                                  f"not used by model.arch={r.model.arch}: remove it")
+    if r.model.preset and (not frcnn or r.model.arch == "fasterrcnn_mobilenet_v3_large_fpn"):
+        raise ConfigError(f"model.preset={r.model.preset!r} is not used by model.arch="
+                          f"{r.model.arch} (keras-hub ResNet presets: classifiers and the "
+                          "ResNet Faster R-CNNs); use model.backbone_weights")
+    if not frcnn:
+        if r.data.max_size:
+            raise ConfigError(f"data.max_size={r.data.max_size} is only read by Faster R-CNN "
+                              f"(model.arch={r.model.arch} stretches to data.image_size)")
+        return
+    size, longest = r.data.image_size, r.data.max_size or r.data.image_size
+    if size % 32 and r.data.resize == "fixed":
+        raise ConfigError(f"data.image_size={size}: model.arch={r.model.arch} with "
+                          "data.resize=fixed needs a multiple of 32 (the FPN strides)")
+    if longest < size:
+        raise ConfigError(f"data.max_size={r.data.max_size} is below data.image_size={size}: "
+                          "the long side cannot be shorter than the short side")
+    if r.data.resize == "fixed" and r.data.max_size:
+        raise ConfigError("data.max_size applies to data.resize=keep_aspect only")
+    rpn = r.model.frcnn
+    if len(rpn.rpn_pre_nms_top_n) != 2 or len(rpn.rpn_post_nms_top_n) != 2:
+        raise ConfigError("model.frcnn.rpn_pre_nms_top_n / rpn_post_nms_top_n take two numbers "
+                          "(training, testing), e.g. (2000, 1000)")
+
+
 _CROSS_CHECKS: tuple[Callable[[cfg.Recipe], None], ...] = (
     _data_root, _detection_format, _export_formats, _step_schedule, _model_hash, _model_stages,
-    _selection_needs_evaluation, _monitor, _schedule_lengths)
+    _selection_needs_evaluation, _monitor, _schedule_lengths, _model_detector_family)

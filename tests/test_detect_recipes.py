@@ -117,3 +117,41 @@ def test_quickstart_recipe_on_a_coco_folder(layouts, tmp_path):
                       "export.representative_samples=16"])
     metrics = _check_run(tmp_path / "run", recipe)
     assert set(metrics["bbox_per_class_AP"]) == set(VOC_NAMES)  # the JSON's own categories
+
+
+# Faster R-CNN: the recipes' architectures at a CPU-sized canvas (short side 96, long side at
+# most 128 on a 128 x 128 canvas: the non-square images are scaled with their aspect ratio
+# kept and padded) and with fewer proposals / RoIs than torchvision's 2000 / 1000 / 512.
+FRCNN_SMALL = ["data.image_size=96", "data.max_size=128",
+               "model.frcnn.rpn_pre_nms_top_n=300,150",
+               "model.frcnn.rpn_post_nms_top_n=150,100",
+               "model.frcnn.box_batch_size_per_image=64"]
+
+
+def test_fasterrcnn_r50fpn_voc_recipe(small_voc, tmp_path):
+    # no ImageNet preset offline (a random backbone, said in the output); CPU float32; early
+    # stopping's held-out slice would be 1 image of 13
+    _, recipe = _run("recipes/fasterrcnn_r50fpn_voc.py", small_voc, tmp_path / "run",
+                     [*FRCNN_SMALL, "model.preset=", "train.batch_size=4",
+                      "train.mixed_precision=", "train.early_stopping_patience=0",
+                      "data.val_root=" + str(small_voc), "export.quantize=float32"])
+    metrics = _check_run(tmp_path / "run", recipe, num_val=7)
+    assert metrics["voc07_mAP"] is not None
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["train"]["trainable_stages"] == ["layer2", "layer3", "layer4"]
+
+
+def test_fasterrcnn_mobilenet_v3_voc_recipe(layouts, tmp_path):
+    _, recipe = _run("recipes/fasterrcnn_mobilenet_v3_fpn_voc.py", layouts["voc"],
+                     tmp_path / "run", [*FRCNN_SMALL, "export.quantize=float32"])
+    _check_run(tmp_path / "run", recipe)
+
+
+def test_quickstart_frcnn_recipe_on_a_coco_folder_with_int8(layouts, tmp_path):
+    _, recipe = _run("recipes/quickstart_frcnn.py", layouts["coco"], tmp_path / "run",
+                     ["data.generate=", "data.format=coco", "data.class_names=",
+                      "data.train_split=train", "data.val_split=val",
+                      "export.representative_samples=16"])
+    metrics = _check_run(tmp_path / "run", recipe)
+    assert set(metrics["bbox_per_class_AP"]) == set(VOC_NAMES)
+    assert (tmp_path / "run" / "plots" / "predictions.png").is_file()

@@ -49,6 +49,12 @@ class Detector(keras.Model):
         images = keras.Input(self.input_shape[1:], name="images")
         return keras.Model(images, self.decode(self(images)), name=f"{self.name}_inference")
 
+    def resize_args(self) -> dict:
+        """How kft's pipeline sizes images for this model: the keywords of
+        ``kft.data.detection_pipeline.detection_batches`` / ``resize_image`` (training,
+        evaluation, ``kft predict`` and export all read them from here or the recipe)."""
+        return {"image_size": self.input_size, "resize": self.resize}
+
     @property
     def input_size(self) -> tuple[int, int]:
         """``(H, W)`` of the static image input."""

@@ -60,6 +60,7 @@ ARCHS = {
         "anchor_sizes": ((32, 64, 128, 256, 512),) * 3,
         "aspect_ratios": (TORCHVISION_ASPECT_RATIOS,) * 3, "rpn_score_threshold": 0.05},
     "fasterrcnn_resnet_tiny_fpn": {"backbone": "resnet", "frozen_bn": False,
+                                   "fpn_channels": 64,
                                    "anchor_sizes": ((16,), (32,), (64,), (128,)),
                                    "representation_size": 256},
 }
@@ -111,6 +112,9 @@ class FasterRCNN(Detector):
         seed: seed of the samplers' generators (None: random).
         arch: the :data:`ARCHS` name :meth:`from_arch` built it as (``"custom"`` otherwise);
             the torchvision converter reads it.
+        min_size, max_size: the keep-aspect resize kft's pipeline applies for this model
+            (torchvision's ``min_size`` / ``max_size``: short side ``min_size``, long side at
+            most ``max_size``, padded to the input); default: the input's sides.
     """
 
     resize = "keep_aspect"
@@ -128,7 +132,7 @@ class FasterRCNN(Detector):
                  box_weights=(10.0, 10.0, 5.0, 5.0), box_score_threshold=0.05,
                  box_nms_threshold=0.5, max_detections=100, cls_weight=1.0, loc_weight=1.0,
                  rpn_weight=1.0, ohem_fraction=None, cls_loss="ce", box_loss="smooth_l1",
-                 seed=None, arch="custom", **kwargs):
+                 seed=None, arch="custom", min_size=None, max_size=None, **kwargs):
         super().__init__(**kwargs)
         self.arch = str(arch)
         if int(num_classes) < 1:
@@ -137,6 +141,12 @@ class FasterRCNN(Detector):
         self.neck = neck if neck is not None else FPN(name="fpn")
         self.image_size = tuple(int(v) for v in backbone.input_shape[1:3])
         self.num_classes = int(num_classes)
+        self.min_size = int(min_size or min(self.image_size))
+        self.max_size = int(max_size or max(self.image_size))
+        if not self.min_size <= self.max_size or self.max_size > max(self.image_size):
+            raise ValueError(f"need min_size <= max_size <= the input side, got min_size="
+                             f"{self.min_size}, max_size={self.max_size} for an input of "
+                             f"{self.image_size}")
         level_names = tuple(backbone.level_names)
         strides = tuple(int(s) for s in backbone.strides)
         self.pyramid_names = tuple(self.neck.output_names(level_names))
@@ -202,6 +212,8 @@ class FasterRCNN(Detector):
         self.cls_loss = cls_loss
         self.box_loss = box_loss
         self.seed = seed
+        #: RoIAlign kernel (not saved: a runtime choice, see _roi_implementation)
+        self.roi_align_implementation = "auto"
 
         # === Layers ===
         self.rpn_head = RPNHead(per_location.pop(), conv_depth=self.rpn_conv_depth,
@@ -283,10 +295,16 @@ class FasterRCNN(Detector):
         else:
             depth = "resnet_tiny" if arch == "fasterrcnn_resnet_tiny_fpn" else "resnet50"
             backbone = resnet_fpn_body(depth, size, preset=preset, frozen_bn=frozen)
-            neck = FPN(levels=tuple(backbone.level_names), norm=settings.pop("fpn_norm", None),
-                       name="fpn")
+            neck = FPN(settings.pop("fpn_channels", 256), levels=tuple(backbone.level_names),
+                       norm=settings.pop("fpn_norm", None), name="fpn")
         settings.pop("fpn_norm", None)
+        settings.pop("fpn_channels", None)
         return cls(backbone, num_classes, neck=neck, arch=arch, **settings)
+
+    def resize_args(self) -> dict:
+        """Keep-aspect resize to ``(min_size, max_size)``, padded to the static input."""
+        return {"image_size": (self.min_size, self.max_size), "resize": "keep_aspect",
+                "pad_size": self.image_size}
 
     @property
     def input_shape(self) -> tuple:
@@ -319,7 +337,8 @@ class FasterRCNN(Detector):
         features = [raw[f"feature_{n}"] for n in self._pool_levels]
         pooled = multilevel_roi_align(features, rois, strides=self._pool_strides,
                                       output_size=self.roi_output_size,
-                                      sampling_ratio=self.sampling_ratio)   # [B, R, s, s, C]
+                                      sampling_ratio=self.sampling_ratio,
+                                      implementation=self._roi_implementation())
         s, channels = self.roi_output_size, pooled.shape[-1]
         count = ops.shape(rois)[1]
         x = self.box_head(ops.reshape(pooled, (-1, s, s, channels)), training=training)
@@ -327,6 +346,15 @@ class FasterRCNN(Detector):
         k = self.num_classes + 1
         return (ops.reshape(ops.cast(logits, "float32"), (-1, count, k)),
                 ops.reshape(ops.cast(deltas, "float32"), (-1, count, 4 * k)))
+
+    def _roi_implementation(self) -> str:
+        """``roi_align_implementation``: ``"auto"`` pools with TensorFlow's crop_and_resize
+        (1.5x faster forward and backward here) on the TensorFlow backend and with the
+        gather path elsewhere; export sets ``"gather"`` (TFLite builtins only)."""
+        choice = self.roi_align_implementation
+        if choice == "auto":
+            return "crop_and_resize" if keras.backend.backend() == "tensorflow" else "gather"
+        return choice
 
     # --- training ---------------------------------------------------------------------------
 
@@ -425,6 +453,8 @@ class FasterRCNN(Detector):
             "box_loss": self.box_loss,
             "seed": self.seed,
             "arch": self.arch,
+            "min_size": self.min_size,
+            "max_size": self.max_size,
             "name": self.name,
             "trainable": self.trainable,
         }

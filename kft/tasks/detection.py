@@ -154,10 +154,68 @@ def generate_shapes(data: cfg.Data, root: str, seed: int = 0) -> Path:
                                  seed=seed)
 
 
+def is_frcnn(arch: str) -> bool:
+    return arch.startswith("fasterrcnn_")
+
+
+def image_args(d: cfg.Data, arch: str) -> dict:
+    """How the pipeline sizes images for ``arch`` (``detection_batches`` keywords).
+
+    SSD: ``data.resize`` to ``data.image_size``. Faster R-CNN with ``keep_aspect``: short side
+    ``data.image_size``, long side at most ``data.max_size`` (0: ``image_size``), padded to the
+    square canvas of the long side rounded up to 32 (the model's static input); ``fixed``:
+    stretched to ``image_size`` (a multiple of 32).
+    """
+    if not is_frcnn(arch) or d.resize == "fixed":
+        return {"image_size": d.image_size, "resize": d.resize}
+    longest = d.max_size or d.image_size
+    side = -(-longest // 32) * 32
+    return {"image_size": (d.image_size, longest), "resize": "keep_aspect",
+            "pad_size": (side, side)}
+
+
+def build_faster_rcnn(m: cfg.Model, t: cfg.Train, e: cfg.Eval, num_classes: int,
+                      d: cfg.Data):
+    """A Faster R-CNN from recipe fields (:meth:`FasterRCNN.from_arch`, ``model.frcnn.*``)."""
+    from kft.models.faster_rcnn import ArchError as FRCNNArchError
+    from kft.models.faster_rcnn import FasterRCNN
+
+    args = image_args(d, m.arch)
+    canvas = args.get("pad_size") or (d.image_size, d.image_size)
+    f = m.frcnn
+    kwargs = {"rpn_nms_threshold": f.rpn_nms_threshold,
+              "rpn_pre_nms_top_n": tuple(f.rpn_pre_nms_top_n),
+              "rpn_post_nms_top_n": tuple(f.rpn_post_nms_top_n),
+              "rpn_batch_size_per_image": f.rpn_batch_size_per_image,
+              "box_batch_size_per_image": f.box_batch_size_per_image,
+              "box_positive_fraction": f.box_positive_fraction,
+              "ohem_fraction": f.ohem_fraction or None, "cls_loss": t.cls_loss,
+              "box_loss": t.box_loss, "cls_weight": t.cls_weight, "loc_weight": t.loc_weight,
+              "box_score_threshold": e.score_threshold, "box_nms_threshold": e.nms_iou_threshold,
+              "max_detections": e.max_detections, "seed": t.seed}
+    if args["resize"] == "keep_aspect":
+        kwargs.update(min_size=args["image_size"][0], max_size=args["image_size"][1])
+    if f.anchor_sizes:
+        kwargs["anchor_sizes"] = tuple(tuple(a) for a in f.anchor_sizes)
+    if f.aspect_ratios:
+        kwargs["aspect_ratios"] = tuple(f.aspect_ratios)
+    if f.representation_size:
+        kwargs["representation_size"] = f.representation_size
+    try:
+        return FasterRCNN.from_arch(m.arch, num_classes, image_size=canvas,
+                                    preset=m.preset if m.arch != "fasterrcnn_mobilenet_v3_large_"
+                                    "fpn" else "", backbone_weights=m.backbone_weights or None,
+                                    **kwargs)
+    except (FRCNNArchError, ValueError) as err:
+        raise cfg.ConfigError(f"model.{err}") from None
+
+
 def build_detector(m: cfg.Model, t: cfg.Train, e: cfg.Eval, num_classes: int,
-                   image_size: int) -> SSD:
-    """An SSD / SSDLite from recipe fields (:meth:`SSD.from_arch`; ``model.arch`` one of
-    ``SSD_ARCHS``)."""
+                   image_size: int, data: cfg.Data | None = None):
+    """An SSD / SSDLite (:meth:`SSD.from_arch`) or a Faster R-CNN (:func:`build_faster_rcnn`)
+    from recipe fields."""
+    if is_frcnn(m.arch):
+        return build_faster_rcnn(m, t, e, num_classes, data or cfg.Data(image_size=image_size))
     try:
         model = SSD.from_arch(
             m.arch, num_classes, image_size=image_size, width_multiplier=m.width_multiplier,
@@ -206,15 +264,21 @@ def dry_run_evaluation(model, split, d: cfg.Data, seed: int) -> None:
     """Evaluates the freshly built model on the first images of ``split`` in a full and a
     partial batch, so that a broken evaluation path fails in seconds, not after an epoch."""
     few = split.subset(range(min(DRY_RUN_IMAGES, len(split))))
-    batches = detection_batches(few, image_size=d.image_size, resize=d.resize, batch_size=2,
+    batches = detection_batches(few, **model_image_args(model), batch_size=2,
                                 max_instances=d.max_instances, training=False, seed=seed,
                                 with_meta=True)
     evaluate_detector(model.predict_on_batch, few, batches.dataset, voc=d.format == "voc")
 
 
+def model_image_args(model) -> dict:
+    """The ``detection_batches`` resize keywords a built detector was made for."""
+    return model.resize_args() if hasattr(model, "resize_args") else {
+        "image_size": tuple(model.input_shape[1:3]), "resize": getattr(model, "resize", "fixed")}
+
+
 def _batches(split, recipe, batch_size=None, training=False, with_meta=True, **kwargs):
     d = recipe.data
-    return detection_batches(split, image_size=d.image_size, resize=d.resize,
+    return detection_batches(split, **image_args(d, recipe.model.arch),
                              batch_size=batch_size or recipe.eval.batch_size,
                              max_instances=d.max_instances, training=training,
                              seed=recipe.train.seed, with_meta=with_meta, **kwargs)
@@ -291,11 +355,12 @@ class DetectionTask(Task):
     def build_model(self, recipe, data):
         m = recipe.model
         num_classes = m.num_classes or len(data.class_names)
-        if not m.backbone_weights and not m.load_from:
+        if not m.backbone_weights and not m.load_from and not (is_frcnn(m.arch) and m.preset):
             print(f"[kft] note: {m.arch} starts from a RANDOM backbone (model.backbone_weights "
                   "and model.load_from are empty); fine-tuning needs pretrained weights: see "
                   "README 'Pretrained weights offline'")
-        return build_detector(m, recipe.train, recipe.eval, num_classes, recipe.data.image_size)
+        return build_detector(m, recipe.train, recipe.eval, num_classes, recipe.data.image_size,
+                              recipe.data)
 
     def before_training(self, model, data, recipe):
         dry_run_evaluation(model, data.val, recipe.data, recipe.train.seed)
@@ -383,8 +448,7 @@ class DetectionTask(Task):
         from kft.data.detection_pipeline import resize_image, to_original
         from kft.export.detection import detection_list
 
-        image, scale, _ = resize_image(pixels, image_size=tuple(model.input_shape[1:3]),
-                                       resize=getattr(model, "resize", "fixed"))
+        image, scale, _ = resize_image(pixels, **model_image_args(model))
         det = model.predict_on_batch(np.asarray(image)[None])
         boxes = np.asarray(to_original(det["boxes"][0], scale, pixels.shape[:2]))
         return detection_list(boxes, np.asarray(det["scores"][0]), np.asarray(det["labels"][0]),
