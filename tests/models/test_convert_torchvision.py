@@ -132,3 +132,35 @@ def test_kft_convert_command_writes_a_model_and_its_report(tmp_path):
     bad = CliRunner().invoke(main, ["convert", "torchvision", str(npz), "--image-size", "100",
                                     "-o", str(out)])
     assert bad.exit_code == 2 and "multiple of 32" in bad.output
+
+
+def test_kft_predict_on_a_converted_checkpoint_gives_torchvisions_detections(tmp_path):
+    """The acceptance check: convert, save, ``kft predict model.keras photo.png`` on a photo at
+    the model's square input size (neither side resizes or pads)."""
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from kft.cli import main
+
+    f, state_dict = fixture_state_dict("fasterrcnn_resnet50_fpn")
+    npz = tmp_path / "frcnn.npz"
+    np.savez(npz, **state_dict)
+    size = f["images"].shape[1]
+    model_path = tmp_path / "model.keras"
+    runner = CliRunner()
+    done = runner.invoke(main, ["convert", "torchvision", str(npz), "--image-size", str(size),
+                                "--class-names", '["a", "b", "c"]', "-o", str(model_path)])
+    assert done.exit_code == 0, done.output
+    photo = tmp_path / "photo.png"
+    Image.fromarray(f["images"][0]).save(photo)
+    out = runner.invoke(main, ["predict", str(model_path), str(photo), "--threshold", "0.5"])
+    assert out.exit_code == 0, out.output
+    found = json.loads(out.output[out.output.index("["):])[0]["detections"]
+    keep = f["scores"][0] >= 0.5
+    theirs = f["boxes"][0][keep]
+    assert len(found) == int(keep.sum()) > 0
+    for det in found:
+        j = int(np.argmax(box_iou(np.array([det["box"]], "float32"), theirs)[0]))
+        assert np.abs(np.array(det["box"]) - theirs[j]).max() <= 1.0
+        assert abs(det["score"] - f["scores"][0][keep][j]) <= 1e-3
+        assert det["class"] == "abc"[f["labels"][0][keep][j] - 1]
