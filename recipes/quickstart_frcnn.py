@@ -5,11 +5,10 @@
 1. Writes kft's generated shapes detection dataset (five classes: circle, square, triangle,
    star, ring; GENERATED.txt says the images are drawn, not real) to data/generated/shapes_det
    if it is missing (the same data as recipes/quickstart.py).
-2. Fine-tunes a small Faster R-CNN (kft's three-stage ResNet + FPN, 128 px canvas, images
-   scaled to fit with their aspect ratio kept) from pretrained/frcnn_shapes3.keras, trained on
-   three OTHER shape classes (cross, hexagon, diamond) by tools/make_frcnn_quickstart_checkpoint.py:
-   backbone, FPN, RPN and box head transfer, the class-dependent box predictor is new (see
-   load_report.json). The file's SHA-256 is checked before loading.
+2. Trains a small Faster R-CNN (kft's three-stage ResNet + FPN, 128 px canvas, images scaled
+   to fit with their aspect ratio kept) FROM RANDOM WEIGHTS (the run says so): the shipped
+   checkpoint trained on other shape classes that would make this a fine-tuning quick start
+   is not made yet (issue 10).
 3. Evaluates COCO AP on the val split in original pixels, writes training curves, per-class AP
    and a prediction gallery, exports float32 and full-integer INT8 TFLite models and compares
    their AP with the Keras model (export/report.json).
