@@ -83,6 +83,7 @@ def _check_run(run, recipe, num_val=NUM_VAL):
     return metrics
 
 
+@pytest.mark.slow
 def test_ssd300_voc_recipe(small_voc, tmp_path):
     # INT8 export is tested on the SSDLite recipe (VGG16's calibration is slow on a CPU)
     _, recipe = _run("recipes/ssd_voc.py", small_voc, tmp_path / "run",
@@ -94,6 +95,7 @@ def test_ssd300_voc_recipe(small_voc, tmp_path):
     assert len(names) == 20 and "cat" in names  # the 20 VOC classes by default
 
 
+@pytest.mark.slow
 def test_ssd512_voc_recipe(small_voc, tmp_path):
     # no export: SSD300 above exports the same VGG16 detector, at 3x less compute per image
     _, recipe = _run("recipes/ssd512_voc.py", small_voc, tmp_path / "run",
@@ -128,6 +130,7 @@ FRCNN_SMALL = ["data.image_size=96", "data.max_size=128",
                "model.frcnn.box_batch_size_per_image=64"]
 
 
+@pytest.mark.slow
 def test_fasterrcnn_r50fpn_voc_recipe(small_voc, tmp_path):
     # no ImageNet preset offline (a random backbone, said in the output); CPU float32; early
     # stopping's held-out slice would be 1 image of 13
@@ -141,6 +144,7 @@ def test_fasterrcnn_r50fpn_voc_recipe(small_voc, tmp_path):
     assert config["train"]["trainable_stages"] == ["layer2", "layer3", "layer4"]
 
 
+@pytest.mark.slow
 def test_fasterrcnn_mobilenet_v3_voc_recipe(layouts, tmp_path):
     _, recipe = _run("recipes/fasterrcnn_mobilenet_v3_fpn_voc.py", layouts["voc"],
                      tmp_path / "run", [*FRCNN_SMALL, "export.quantize=float32"])

@@ -151,6 +151,7 @@ def _history(run):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_detection_sigkill_then_resume_matches_an_uninterrupted_run(shapes, tmp_path,
                                                                     kft_process):
     recipe = tmp_path / "det_resume.py"

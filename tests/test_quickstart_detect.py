@@ -62,11 +62,13 @@ def finetuned(finetuned_run):
     return finetuned_run[1]
 
 
+@pytest.mark.slow
 def test_short_finetuning_run_reaches_ap50(finetuned):
     assert finetuned["num_images"] == 40
     assert finetuned["bbox_AP50"] >= 0.4
 
 
+@pytest.mark.slow
 def test_export_and_eval_agree_with_the_run_on_a_model_that_detects(finetuned_run):
     """Parity on a model that finds the objects (AP50 >= 0.4), never 0 against 0."""
     from click.testing import CliRunner
@@ -85,6 +87,7 @@ def test_export_and_eval_agree_with_the_run_on_a_model_that_detects(finetuned_ru
     assert again["bbox_AP"] == pytest.approx(metrics["bbox_AP"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_transfer_beats_training_from_scratch(unseen_voc, finetuned, tmp_path):
     scratch = _short_run(unseen_voc, tmp_path / "scratch", "model.load_from=",
                          "model.load_from_hash=", "model.bn_momentum=0.9")
