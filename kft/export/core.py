@@ -30,6 +30,8 @@ Formats:
     that scope, which stay float32 by selective quantisation (``QuantizationDebugger``
     denylist): TFLite's NMS has no integer kernel, and 8-bit box decoding costs AP. The
     SavedModel for this variant takes ``uint8`` pixels itself (its serve function casts them).
+    ``keep_float`` may also be a predicate on tensor names (two-stage detectors keep
+    everything float but the network layers' scopes, :mod:`kft.export.detection`).
 
 :class:`TimedInterpreter` runs any such file one image at a time with (de)quantisation from the
 tensors' own scale / zero point and times every invocation after ``WARMUP_RUNS`` untimed ones.
@@ -54,6 +56,10 @@ import tensorflow as tf
 FORMATS = ("float32", "float16", "int8")
 WARMUP_RUNS = 3
 MAX_KERAS_LATENCY_IMAGES = 50
+FLOAT_OPS = ("TOPK_V2",)
+"""Op types a selective int8 conversion (``keep_float``) always keeps float32 (denylisted by
+type): ranking int8 values makes ties, and the two-output TOPK_V2 stays int8 even when its
+output tensors are denylisted by name (seen on Faster R-CNN's RPN top-k, TF 2.21)."""
 
 
 def check_formats(formats: Sequence[str]) -> tuple[str, ...]:
@@ -72,6 +78,20 @@ def interpreter_class():
     except ImportError:
         return tf.lite.Interpreter
     return Interpreter
+
+
+def plain_interpreter(path: str | os.PathLike):
+    """An allocated interpreter of a ``.tflite`` file with the builtin kernels only, no
+    default (XNNPACK) delegate, so every op of the file is listed as itself (a delegate
+    would replace the ops it takes by one ``DELEGATE`` node)."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    except ImportError:
+        Interpreter, OpResolverType = tf.lite.Interpreter, tf.lite.experimental.OpResolverType
+    interpreter = Interpreter(model_path=os.fspath(path), experimental_op_resolver_type=
+                              OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interpreter.allocate_tensors()
+    return interpreter
 
 
 @contextlib.contextmanager
@@ -148,11 +168,13 @@ def write_saved_model(model: keras.Model, directory: str, serve: Callable,
 
 
 def convert(saved_model_dir: str, fmt: str, calibration: Sequence[np.ndarray] = (),
-            keep_float: str | None = None) -> bytes:
+            keep_float: str | Callable[[str], bool] | None = None) -> bytes:
     """One TFLite flatbuffer of ``fmt`` from a SavedModel (see the module docstring).
 
     ``calibration``: single images ``[1, H, W, 3]`` in the SavedModel's input dtype (int8 only).
-    ``keep_float``: int8 only; a tensor-name scope kept in float32 (selective quantisation).
+    ``keep_float``: int8 only; the tensors kept in float32 (selective quantisation): a
+    tensor-name scope (names holding it), or a predicate on the tensor names of the float
+    conversion (:func:`float_tensor_names`).
     """
     converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
     if fmt == "float32":
@@ -172,23 +194,32 @@ def convert(saved_model_dir: str, fmt: str, calibration: Sequence[np.ndarray] = 
         converter.inference_input_type = tf.uint8
         converter.inference_output_type = tf.float32
         return converter.convert()
-    float_model = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir).convert()
-    kept = sorted({t["name"] for t in interpreter_class()(model_content=float_model)
-                   .get_tensor_details() if keep_float in t["name"]})
+    kept = float_tensor_names(saved_model_dir, keep_float)
     if not kept:
         raise ValueError(f"int8 export: no {keep_float!r} tensors found to keep in float32")
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
                                            tf.lite.OpsSet.TFLITE_BUILTINS]
     debugger = tf.lite.experimental.QuantizationDebugger(
         converter=converter, debug_dataset=lambda: ([c] for c in calibration[:1]),
-        debug_options=tf.lite.experimental.QuantizationDebugOptions(denylisted_nodes=kept))
+        debug_options=tf.lite.experimental.QuantizationDebugOptions(
+            denylisted_nodes=kept, denylisted_ops=list(FLOAT_OPS)))
     return debugger.get_nondebug_quantized_model()
+
+
+def float_tensor_names(saved_model_dir: str, keep_float: str | Callable[[str], bool]
+                       ) -> list[str]:
+    """The tensor names of the plain float conversion of a SavedModel that ``keep_float``
+    selects (a scope: names holding it; a predicate: names it is true of), sorted."""
+    select = keep_float if callable(keep_float) else (lambda name: keep_float in name)
+    float_model = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir).convert()
+    return sorted({t["name"] for t in interpreter_class()(model_content=float_model)
+                   .get_tensor_details() if select(t["name"])})
 
 
 def export_formats(model: keras.Model, out_dir: str | os.PathLike, image_shape: tuple,
                    formats: Sequence[str], serve: Callable,
                    calibration: Sequence[np.ndarray] = (), int8_input=tf.float32,
-                   keep_float: str | None = None) -> dict[str, str]:
+                   keep_float: str | Callable[[str], bool] | None = None) -> dict[str, str]:
     """Writes ``out_dir/model_<format>.tflite`` for every format; returns ``{format: path}``.
 
     ``serve(images)`` is traced once per input dtype: float32 for the float formats,

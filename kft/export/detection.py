@@ -1,14 +1,16 @@
-"""TFLite export of SSD detectors (float32 / float16 / int8) with the post-processing in the
-graph, and their COCO evaluation against the Keras model (C1).
+"""TFLite export of detectors (SSD, Faster R-CNN; float32 / float16 / int8) with the
+post-processing in the graph, and their COCO evaluation against the Keras model (C1).
 
 Route (the export core, :mod:`kft.export.core`): ``keras.export.ExportArchive`` tracks
 the model and gets one ``serve`` endpoint ``images float32 [1, H, W, 3] (0..255) -> {"boxes"
 [1, D, 4], "scores" [1, D], "labels" [1, D] int32, "num_detections" [1] int32}`` that calls
-``model.detect`` (network + :class:`~kft.models.ssd.SSDDecoder`: softmax, box decoding,
-clipping and per-class NMS); ``tf.lite.TFLiteConverter.from_saved_model`` converts it. Every
-shape is static (batch 1, ``D = max_detections`` rows padded with label -1), and the NMS is the
-TFLite builtin ``NON_MAX_SUPPRESSION_V5`` (no Flex delegate, no custom op), so the file runs
-on any TFLite / LiteRT runtime.
+``model.detect`` (SSD: network + :class:`~kft.models.ssd.SSDDecoder`: softmax, box decoding,
+clipping and per-class NMS; Faster R-CNN: network, proposals, RoIAlign, box head and
+:class:`~kft.models.heads.box.BoxDecoder`); ``tf.lite.TFLiteConverter.from_saved_model``
+converts it. Every shape is static (batch 1, ``D = max_detections`` rows padded with label -1),
+and the NMS is the TFLite builtin ``NON_MAX_SUPPRESSION_V5`` (no Flex delegate, no custom op),
+so the file runs on any TFLite / LiteRT runtime. Faster R-CNN is traced with its
+TFLite-builtin RoIAlign (``"gather"``: GATHER + BATCH_MATMUL, :func:`builtin_roi_align`).
 
 Formats (``model_<format>.tflite``):
 
@@ -17,18 +19,23 @@ Formats (``model_<format>.tflite``):
 * ``int8``: full-integer post-training quantisation of the network: every convolution,
   depthwise convolution, add and the head run on int8 tensors with int8 weights, calibrated on
   ``num_calibration`` images of ``representative`` (the training pipeline without
-  augmentation). The post-processing (softmax, box decoding, NMS) stays float32 by selective
-  quantisation (:func:`kft.export.core.convert`, ``keep_float="decoder"``): TFLite's NMS has
-  no integer kernel, and 8-bit box decoding cost 0.2 AP (AP75 0.52 -> 0.11) on the quick start's model. The file
-  takes ``uint8`` pixels ``[1, H, W, 3]`` (camera bytes, resized): its ``serve`` function casts
-  them to float32 and the first op quantises them to int8. :func:`tflite_op_summary` lists which
-  ops run on which types; the tests check that no convolution stays float.
+  augmentation). The post-processing stays float32 by selective quantisation
+  (:func:`kft.export.core.convert`'s ``keep_float``, chosen by :func:`float_part`): SSD keeps
+  its ``decoder`` (softmax, box decoding, NMS) float: TFLite's NMS has no integer kernel, and
+  8-bit box decoding cost 0.2 AP (AP75 0.52 -> 0.11) on the quick start's model. Faster
+  R-CNN keeps everything but its network layers float (proposals, RoIAlign, decoder; the
+  RPN's 1x1 output convolutions too). The file takes ``uint8`` pixels ``[1, H, W, 3]``
+  (camera bytes, resized): its ``serve`` function casts them to float32 and the first op
+  quantises them to int8. :func:`tflite_op_summary` lists which ops run on which types; the
+  tests check that no convolution stays float (SSD) / which ones do (Faster R-CNN).
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
+import re
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -70,9 +77,73 @@ def export_detector(model, out_dir: str | os.PathLike, representative: Iterable,
                 "labels": tf.cast(det["labels"], tf.int32),
                 "num_detections": tf.cast(det["num_detections"], tf.int32)}
 
-    # int8: the file takes uint8 camera bytes (serve casts them); the decoder stays float32
-    return core.export_formats(model, out_dir, image_shape, formats, serve, calibration,
-                               int8_input=tf.uint8, keep_float="decoder")
+    # int8: the file takes uint8 camera bytes (serve casts them); the post-processing stays
+    # float32
+    with builtin_roi_align(model):
+        return core.export_formats(model, out_dir, image_shape, formats, serve, calibration,
+                                   int8_input=tf.uint8, keep_float=float_part(model))
+
+
+@contextlib.contextmanager
+def builtin_roi_align(model):
+    """Traces a two-stage detector with the TFLite-builtin RoIAlign (``"gather"``: GATHER +
+    BATCH_MATMUL) instead of its training choice (``crop_and_resize`` needs Flex), restoring
+    ``model.roi_align_implementation`` on exit; nothing for models without that setting."""
+    if not hasattr(model, "roi_align_implementation"):
+        yield
+        return
+    previous = model.roi_align_implementation
+    model.roi_align_implementation = "gather"
+    try:
+        yield
+    finally:
+        model.roi_align_implementation = previous
+
+
+def network_layers(model) -> tuple[str, ...] | None:
+    """Names of a two-stage detector's network layers, the ones whose ops an int8 export
+    quantises (backbone, neck, RPN head, box head, box predictor); ``None`` for a one-stage
+    detector (SSD: only its ``decoder`` stays float)."""
+    parts = ("backbone", "neck", "rpn_head", "box_head", "box_predictor")
+    if getattr(model, "rpn_head", None) is None:
+        return None
+    return tuple(getattr(model, part).name for part in parts)
+
+
+def float_part(model):
+    """What an int8 export of ``model`` keeps in float32 (:func:`kft.export.core.convert`'s
+    ``keep_float``).
+
+    * SSD: the ``"decoder"`` scope (softmax, box decoding, NMS).
+    * Faster R-CNN: every tensor outside the scopes of :func:`network_layers`, and the RPN
+      head's two 1x1 output convolutions (``cls_logits``, ``bbox_pred``). So the proposal
+      generation (top-k, RPN box decoding, clipping, NMS), RoIAlign (level mapping, sample
+      coordinates, bilinear weights, the gather and weighted sum of the dequantised
+      features) and the :class:`~kft.models.heads.box.BoxDecoder` run float32: pixel boxes and
+      sample positions cannot take 8 bits (an int8 proposal has a 0.4 px step at best and
+      RoIAlign's fractional positions vanish). The RPN's outputs are float because
+      ``generate_proposals`` ranks the objectness logits (``TOPK_V2``, float by
+      :data:`kft.export.core.FLOAT_OPS`) right away: int8 logits would rank with ties and
+      change the proposals. Every other convolution and fully connected layer runs int8.
+    """
+    layers = network_layers(model)
+    if layers is None:
+        return "decoder"
+    network = _scopes(layers)
+    head = model.rpn_head
+    rpn_outputs = re.compile(_scope(head.name) + r"(?:" + "|".join(
+        _scope(layer.name) for layer in (head.cls_logits, head.bbox_pred)) + ")")
+    return lambda name: network.search(name) is None or rpn_outputs.search(name) is not None
+
+
+def _scope(name: str) -> str:
+    """Regex of one name scope in a TFLite tensor name: ``name`` or ``name_<n>`` then ``/``,
+    at the start of a name or of one of its ``;``-joined parts or after a ``/``."""
+    return re.escape(name) + r"(?:_\d+)?/"
+
+
+def _scopes(names) -> re.Pattern:
+    return re.compile(r"(?:^|[/;])(?:" + "|".join(_scope(n) for n in names) + ")")
 
 
 class TFLiteDetector:
@@ -157,9 +228,10 @@ def detection_list(boxes, scores, labels, num_detections: int, class_names=None,
 
 def tflite_op_summary(path: str | os.PathLike) -> dict[str, dict[str, int]]:
     """``{op name: {input dtype of its first input: count}}`` of a ``.tflite`` file, e.g.
-    ``{"CONV_2D": {"int8": 52}, "NON_MAX_SUPPRESSION_V5": {"float32": 1}}``."""
-    interpreter = core.interpreter_class()(model_path=os.fspath(path))
-    interpreter.allocate_tensors()
+    ``{"CONV_2D": {"int8": 52}, "NON_MAX_SUPPRESSION_V5": {"float32": 1}}``, read with the
+    builtin kernels and no delegate (:func:`kft.export.core.plain_interpreter`), so a file
+    needing Flex (Select TF ops) or custom ops fails here with the interpreter's error."""
+    interpreter = core.plain_interpreter(path)
     dtypes = {t["index"]: np.dtype(t["dtype"]).name for t in interpreter.get_tensor_details()}
     summary: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
     for op in interpreter._get_ops_details():

@@ -280,8 +280,11 @@ def _gather_pool(table, boxes, base, heights, widths, scales, out_h, out_w, grid
     rows, wy = (_per_bin(v, out_h, grid) for v in ((y_lo, y_hi), (wy_lo, wy_hi)))
     cols, wx = (_per_bin(v, out_w, grid) for v in ((x_lo, x_hi), (wx_lo, wx_hi)))
     row_start = base[..., None, None] + rows * ops.cast(widths, "int32")[..., None, None]
-    index = row_start[:, :, :, None, :, None] + cols[:, :, None, :, None, :]
-    weight = wy[:, :, :, None, :, None] * wx[:, :, None, :, None, :] / float(grid * grid)
+    # [B * R, out_h, out_w, 2g, 2g] by broadcasting rank-5 views: the TFLite calibrator of
+    # an int8 export rejects the 6-D STRIDED_SLICE that [:, :, :, None, :, None] gives
+    by_row, by_col = (-1, out_h, 1, 2 * grid, 1), (-1, 1, out_w, 1, 2 * grid)
+    index = ops.reshape(row_start, by_row) + ops.reshape(cols, by_col)
+    weight = ops.reshape(wy, by_row) * ops.reshape(wx, by_col) / float(grid * grid)
     values = ops.reshape(ops.take(table, ops.reshape(index, (-1,)), axis=0),
                          (-1, taps, channels))                       # [B * R * bins, taps, C]
     pooled = ops.matmul(ops.reshape(weight, (-1, 1, taps)), values)
