@@ -123,7 +123,7 @@ class Predictor:
     model: object
     class_names: list | None = None
     names_file: Path | None = None
-    resize: str = "fixed"
+    resize: str | dict = "fixed"  # see _run_resize
     options: dict = field(default_factory=dict)
 
     def predict(self, pixels: np.ndarray, top_k: int = 3, score_threshold: float = 0.3) -> dict:
@@ -138,12 +138,21 @@ class Predictor:
         return self.model.predict_image(pixels, self.class_names, top_k)
 
 
-def _run_resize(run_dir: Path | None) -> str:
-    """``data.resize`` of the run's config.json (how its detector resizes), else "fixed"."""
+def _run_resize(run_dir: Path | None) -> str | dict:
+    """How the run's detector resizes (its config.json), else "fixed": ``data.resize``, or for a
+    keep-aspect Faster R-CNN ``{"image_size": (data.image_size, data.max_size or image_size),
+    "resize": "keep_aspect"}`` (what kft.tasks.detection.image_args gives the pipeline)."""
     if run_dir is None or not (run_dir / "config.json").is_file():
         return "fixed"
     try:
-        return json.loads((run_dir / "config.json").read_text())["data"]["resize"] or "fixed"
+        config = json.loads((run_dir / "config.json").read_text())
+        data = config["data"]
+        resize = data["resize"] or "fixed"
+        if resize == "keep_aspect" and str(config["model"]["arch"]).startswith("fasterrcnn_"):
+            side = int(data["image_size"])
+            return {"image_size": (side, int(data.get("max_size") or side)),
+                    "resize": "keep_aspect"}
+        return resize
     except (OSError, ValueError, KeyError, TypeError):
         return "fixed"
 

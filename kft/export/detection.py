@@ -179,14 +179,15 @@ class TFLiteDetector:
         return self.timed.mean_latency_ms()
 
     def predict_image(self, pixels, class_names=None, score_threshold: float = 0.3,
-                      resize: str = "fixed") -> dict:
+                      resize: str | dict = "fixed") -> dict:
         """The detections of one image, as ``kft predict`` prints them.
 
         Args:
             pixels: ``uint8 [H, W, 3]`` RGB at the image's own size; resized to the file's
                 input as the detection pipeline resizes for the model
                 (:func:`kft.data.detection_pipeline.resize_image` with ``resize``, "fixed" for
-                SSD / SSDLite).
+                SSD / SSDLite; a dict ``{"image_size": (short, long), "resize":
+                "keep_aspect"}`` for Faster R-CNN, padded to the file's input).
             class_names: names by label (``None``: labels are printed as numbers).
             score_threshold: the lowest score kept.
 
@@ -196,8 +197,11 @@ class TFLiteDetector:
         """
         from kft.data.detection_pipeline import resize_image, to_original
 
-        image, scale, _ = resize_image(pixels, image_size=tuple(self.image_shape[:2]),
-                                       resize=resize)
+        if isinstance(resize, dict):      # keep-aspect targets: (short, long) on the canvas
+            args = {**resize, "pad_size": tuple(self.image_shape[:2])}
+        else:
+            args = {"image_size": tuple(self.image_shape[:2]), "resize": resize}
+        image, scale, _ = resize_image(pixels, **args)
         det = self.timed.run(np.asarray(image, dtype=np.float32)[None])
         boxes = np.asarray(to_original(np.asarray(det["boxes"], np.float32).reshape(-1, 4),
                                        scale, pixels.shape[:2]))
