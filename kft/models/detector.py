@@ -23,8 +23,17 @@ import keras
 DETECTION_KEYS = ("boxes", "scores", "labels", "num_detections")
 
 
-class Detector(keras.Model):
-    """Base of kft's detectors (see the module docstring)."""
+class Detector:
+    """Base of kft's detectors (see the module docstring), mixed in before ``keras.Model``:
+    ``class SSD(Detector, keras.Model)``.
+
+    It is deliberately not a ``keras.Model`` subclass itself: when a model subclass is built
+    functionally (``super().__init__(inputs=..., outputs=...)``, as SSD is), Keras rewrites the
+    ``__bases__`` of every class up its hierarchy to put ``Functional`` in place of ``Model``;
+    a shared ``keras.Model`` base would pass that on to the subclassed detectors (Faster R-CNN,
+    whose ``__init__`` then fails with "Functional.__init__() missing 'inputs'") as soon as an
+    SSD had been built in the same process.
+    """
 
     #: the image resize kft's pipeline applies for this model ("fixed": stretched to the
     #: static input size; "keep_aspect": scaled to fit and padded)

@@ -72,7 +72,7 @@ class ArchError(ValueError):
 
 
 @keras.saving.register_keras_serializable(package="kft")
-class FasterRCNN(Detector):
+class FasterRCNN(Detector, keras.Model):
     """Two-stage detector (see the module docstring).
 
     Args:

@@ -82,7 +82,7 @@ class SSDDecoder(layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="kft")
-class SSD(Detector):
+class SSD(Detector, keras.Model):
     """SSD / SSDLite detector (a :class:`~kft.models.detector.Detector`).
 
     Parts, each with a documented default: the ``backbone`` (passed in), the ``head``

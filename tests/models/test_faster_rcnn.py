@@ -140,3 +140,14 @@ def test_bad_settings_are_clear_errors():
     with pytest.raises(ValueError, match="anchor_sizes has 2 entries"):
         tiny(anchor_sizes=((16,), (32,)))
     assert "fasterrcnn_resnet50_fpn" in ARCHS
+
+
+def test_a_faster_rcnn_builds_after_an_ssd_in_the_same_process():
+    """Keras puts Functional into the bases of a functionally built model's classes; SSD is one,
+    and before Detector became a mixin every later FasterRCNN failed to build."""
+    from kft.models.ssd import SSD
+
+    SSD.from_arch("ssdlite_mobilenet_v2", num_classes=3, image_size=96, width_multiplier=0.35)
+    model = tiny()
+    assert isinstance(model, keras.Model) and model.num_classes == 3
+    assert model(np.zeros((1, *SIZE, 3), "float32"))["objectness"].shape[0] == 1
