@@ -1,4 +1,3 @@
-import importlib.util
 import math
 import tempfile
 from pathlib import Path
@@ -30,11 +29,9 @@ TF_ONLY = pytest.mark.skipif(keras.backend.backend() != "tensorflow",
 
 
 def _seeded():
-    spec = importlib.util.spec_from_file_location("seeded_state_dict",
-                                                  ROOT / "tools" / "seeded_state_dict.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    import seeded_state_dict  # tools/, on pytest's pythonpath
+
+    return seeded_state_dict
 
 
 def _state_dict(version):

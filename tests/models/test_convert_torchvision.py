@@ -7,12 +7,12 @@ photos; here the same weights are drawn, converted with ``kft convert``'s code a
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+import seeded_state_dict as seeded  # tools/, on pytest's pythonpath
 
 from kft.models.convert_torchvision import (
     ConvertError,
@@ -25,11 +25,6 @@ from kft.models.faster_rcnn import FasterRCNN
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures"
-_spec = importlib.util.spec_from_file_location("seeded_state_dict",
-                                               ROOT / "tools" / "seeded_state_dict.py")
-seeded = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(seeded)
-
 ARCHS = ("fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2",
          "fasterrcnn_mobilenet_v3_large_fpn")
 

@@ -1,4 +1,3 @@
-import importlib.util
 from pathlib import Path
 
 import keras
@@ -27,11 +26,9 @@ ATOL, RTOL = 3e-4, 1e-4
 
 
 def _seeded():
-    spec = importlib.util.spec_from_file_location("seeded_state_dict",
-                                                  ROOT / "tools" / "seeded_state_dict.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    import seeded_state_dict  # tools/, on pytest's pythonpath
+
+    return seeded_state_dict
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ mapping. R50 is built three times in this file (v1, v2, one other size); the beh
 use the three-stage resnet_tiny.
 """
 
-import importlib.util
 from pathlib import Path
 
 import keras
@@ -34,11 +33,9 @@ RELATIVE_TOLERANCE = 2e-5
 
 
 def _seeded():
-    spec = importlib.util.spec_from_file_location("seeded_state_dict",
-                                                  ROOT / "tools" / "seeded_state_dict.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    import seeded_state_dict  # tools/, on pytest's pythonpath
+
+    return seeded_state_dict
 
 
 @pytest.fixture(scope="module")
