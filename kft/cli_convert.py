@@ -20,7 +20,8 @@ import click
 from kft.run import reporting_errors
 
 ARCH_CHOICES = ("fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2",
-                "fasterrcnn_mobilenet_v3_large_fpn")  # kft.models.convert_torchvision.ARCHS
+                "fasterrcnn_mobilenet_v3_large_fpn",
+                "fasterrcnn_resnext101_32x8d_fpn")  # kft.models.convert_torchvision.ARCHS
 
 
 @click.group("convert", context_settings={"help_option_names": ["-h", "--help"]})

@@ -98,6 +98,9 @@ class FasterRCNNSettings:
     box_positive_fraction: float = 0.25
     representation_size: int = 0  # box head FC width (M4/M7: 512 for small objects); 0 = 1024
     ohem_fraction: float = 0.0  # T10: train the box head on the hardest share of RoIs (0.3)
+    # M7: fit one anchor size per level to the training boxes (kft.ops.anchors.
+    # fit_rcnn_anchor_sizes) before building the model; the sizes go to config.json
+    fit_anchors: bool = False
 
 
 @dataclass
@@ -115,9 +118,15 @@ class Model:
     head: str = "linear"  # "linear" or "mlp" (Dense(512)-BN-ReLU-Dropout-Dense, M2)
     head_units: int = 512
     dropout: float = 0.5
-    se_stages: tuple[str, ...] = ()  # M6: squeeze-excitation after these stages, e.g. ("layer3",)
+    # M6 surgery (classifiers and the ResNet / ResNeXt Faster R-CNNs): squeeze-excitation after
+    # these stages, e.g. ("layer3",) (after conv4_x)
+    se_stages: tuple[str, ...] = ()
     se_reduction: int = 16
-    # Detection: a keras.applications-style ImageNet weights file for the detector backbone.
+    # M6, Faster R-CNN ResNet / ResNeXt: 3x3 convolutions of these stages depthwise-separable
+    separable_stages: tuple[str, ...] = ()
+    # Detection: ImageNet weights for the detector backbone: a keras.applications-style .h5
+    # (SSD VGG16 / MobileNet), a torchvision state dict .npz / .pth (Faster R-CNN backbones:
+    # mobilenet_v3_large, resnet50, resnext101_32x8d)
     backbone_weights: str = ""
     width_multiplier: float = 1.0  # SSDLite: MobileNet alpha (0.35, 0.5, 0.75, 1.0, ...)
     # BatchNormalization moving-average momentum: 0 = chosen from the run length (short runs

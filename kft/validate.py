@@ -44,7 +44,7 @@ RESNET_STAGES = {  # kft.models.backbones.resnet.RESNET_ARCHS: arch -> number of
 SSD_ARCHS = ("ssd300_vgg16", "ssd512_vgg16", "ssdlite_mobilenet_v2",
              "ssdlite_mobilenet_v3")  # kft.models.ssd.SSD_ARCHS
 FRCNN_ARCHS = ("fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2",
-               "fasterrcnn_mobilenet_v3_large_fpn",
+               "fasterrcnn_mobilenet_v3_large_fpn", "fasterrcnn_resnext101_32x8d_fpn",
                "fasterrcnn_resnet_tiny_fpn")  # kft.models.faster_rcnn.ARCHS
 OPTIMIZERS = ("sgd", "adamw", "adam")  # kft.train.optimizers._OPTIMIZERS
 SCHEDULES = ("constant", "cosine_restarts", "warmup_multistep", "step")  # build_schedule
@@ -328,8 +328,7 @@ TASK_ONLY: dict[str, frozenset[str]] = {
     "classification": frozenset({
         "data.tfds_data_dir", "data.tfds_download", "data.augment",
         "data.min_side", "data.shuffle_buffer",
-        "model.head", "model.head_units", "model.dropout", "model.se_stages",
-        "model.se_reduction",
+        "model.head", "model.head_units", "model.dropout",
     }),
     "detection": frozenset({
         "data.generate_num_train", "data.generate_num_val", "data.format", "data.val_root",
@@ -342,7 +341,8 @@ TASK_ONLY: dict[str, frozenset[str]] = {
         "model.frcnn.rpn_pre_nms_top_n", "model.frcnn.rpn_post_nms_top_n",
         "model.frcnn.rpn_batch_size_per_image", "model.frcnn.box_batch_size_per_image",
         "model.frcnn.box_positive_fraction", "model.frcnn.representation_size",
-        "model.frcnn.ohem_fraction", "data.max_size",
+        "model.frcnn.ohem_fraction", "model.frcnn.fit_anchors", "data.max_size",
+        "model.separable_stages",
         "train.cls_loss", "train.box_loss", "train.cls_weight", "train.loc_weight",
         "eval.every", "eval.score_threshold", "eval.nms_iou_threshold", "eval.max_detections",
     }),
@@ -354,7 +354,7 @@ SHARED_KEYS = frozenset({
     "data.cache",
     "data.generate",
     "model.arch", "model.preset", "model.load_from", "model.load_from_hash", "model.num_classes",
-    "model.bn_momentum",
+    "model.bn_momentum", "model.se_stages", "model.se_reduction",
     "train.epochs", "train.batch_size", "train.seed", "train.optimizer", "train.learning_rate",
     "train.momentum", "train.nesterov", "train.weight_decay", "train.weight_decay_mode",
     "train.schedule", "train.restart_epochs", "train.restart_mult", "train.min_lr",
@@ -605,6 +605,23 @@ def _model_detector_family(r: cfg.Recipe) -> None:
         raise ConfigError(f"model.preset={r.model.preset!r} is not used by model.arch="
                           f"{r.model.arch} (keras-hub ResNet presets: classifiers and the "
                           "ResNet Faster R-CNNs); use model.backbone_weights")
+    resnet_body = frcnn and r.model.arch != "fasterrcnn_mobilenet_v3_large_fpn"
+    for key in ("se_stages", "separable_stages"):
+        chosen = tuple(getattr(r.model, key))
+        if chosen and not resnet_body:
+            raise ConfigError(f"model.{key}={_show(chosen)} (M6 backbone surgery) is for the "
+                              "ResNet classifiers and the ResNet / ResNeXt Faster R-CNNs, not "
+                              f"model.arch={r.model.arch}")
+        stages = [f"layer{i + 1}" for i in
+                  range(3 if r.model.arch == "fasterrcnn_resnet_tiny_fpn" else 4)]
+        bad = [s for s in chosen if s not in stages]
+        if bad:
+            raise ConfigError(f"model.{key}={_show(chosen)}: unknown {', '.join(bad)} for "
+                              f"model.arch={r.model.arch}: choose from {', '.join(stages)}")
+    if r.model.preset and r.model.arch == "fasterrcnn_resnext101_32x8d_fpn":
+        raise ConfigError(f"model.preset={r.model.preset!r}: keras-hub has no ResNeXt; give "
+                          "torchvision's resnext101_32x8d ImageNet state dict as "
+                          "model.backbone_weights (.npz, or .pth with torch)")
     if not frcnn:
         if r.data.max_size:
             raise ConfigError(f"data.max_size={r.data.max_size} is only read by Faster R-CNN "
@@ -620,6 +637,11 @@ def _model_detector_family(r: cfg.Recipe) -> None:
     if r.data.resize == "fixed" and r.data.max_size:
         raise ConfigError("data.max_size applies to data.resize=keep_aspect only")
     rpn = r.model.frcnn
+    if rpn.fit_anchors and (rpn.anchor_sizes or not resnet_body):
+        raise ConfigError("model.frcnn.fit_anchors=True fits one size per level of a ResNet / "
+                          "ResNeXt FPN: " + ("remove model.frcnn.anchor_sizes (it would be "
+                                             "replaced)" if rpn.anchor_sizes else
+                                             f"not model.arch={r.model.arch}"))
     if len(rpn.rpn_pre_nms_top_n) != 2 or len(rpn.rpn_post_nms_top_n) != 2:
         raise ConfigError("model.frcnn.rpn_pre_nms_top_n / rpn_post_nms_top_n take two numbers "
                           "(training, testing), e.g. (2000, 1000)")

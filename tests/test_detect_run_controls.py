@@ -197,3 +197,32 @@ def test_detection_sigkill_then_resume_matches_an_uninterrupted_run(shapes, tmp_
                                    err_msg=key)
     assert float(full_rows[2]["val_bbox_AP50"]) == float(full_rows[1]["val_bbox_AP50"])
     assert max(float(r["val_bbox_AP50"]) for r in full_rows) > 0.0  # not 0 against 0
+
+
+def test_fitted_anchor_sizes_reach_the_model_and_config(shapes, tmp_path):
+    """model.frcnn.fit_anchors: the sizes are fitted to the training boxes as the pipeline
+    resizes them (keep-aspect to 64 / 96 on a 96 canvas), recorded as a resolved change and
+    built into the model."""
+    from kft.tasks.detection import DetectionTask, fit_anchor_sizes
+    from kft.train.runs import apply_changes
+
+    recipe = _recipe(shapes, **{"model.arch": "fasterrcnn_resnet_tiny_fpn", "data.max_size": 96,
+                                "data.resize": "keep_aspect", "model.width_multiplier": 1.0,
+                                "model.frcnn.fit_anchors": True})
+    task = DetectionTask()
+    data = task.read(recipe, tmp_path, "train")
+    change = next(c for c in data.resolved if c.key == "model.frcnn.anchor_sizes")
+    assert change.old == () and len(change.new) == 4 and "training boxes" in change.reason
+    assert change == fit_anchor_sizes(data.train, recipe)        # deterministic: resumes agree
+    # the shapes' objects are 10-50 % of a 96-128 px image side, at 64 / 96 of that scale:
+    # the fit's smallest anchor is below torchvision-tiny's 16 .. 128 ladder top
+    sizes = [s[0] for s in change.new]
+    assert sizes == sorted(sizes) and sizes[-1] <= 128
+    assert "coverage" in change.reason and "->" in change.reason
+    model = task.build_model(apply_changes(recipe, data.resolved), data)
+    assert model.anchor_sizes == change.new
+    with pytest.raises(cfg.ConfigError, match="remove model.frcnn.anchor_sizes"):
+        from kft.validate import validate_recipe
+
+        validate_recipe(cfg.apply_overrides(
+            recipe, ["model.frcnn.anchor_sizes=[[8], [16], [32], [64]]"]))

@@ -99,13 +99,21 @@ BAD = [
                                                          "layer4"]),
     ('train.layer_lrs={"layer9": 0.1}', "classification", ["train.layer_lrs", "layer9", "head"]),
     ("data.root=", "classification", ["data.root is empty"]),
+    ("model.se_stages=layer3", "detection", ["model.se_stages", "M6", "not model.arch=ssd"]),
+    ("model.arch=fasterrcnn_resnet50_fpn;model.separable_stages=layer5", "detection",
+     ["model.separable_stages", "layer5", "layer1, layer2, layer3, layer4"]),
+    ("model.arch=fasterrcnn_mobilenet_v3_large_fpn;model.se_stages=layer3", "detection",
+     ["model.se_stages", "not model.arch=fasterrcnn_mobilenet_v3_large_fpn"]),
+    ("model.arch=fasterrcnn_resnext101_32x8d_fpn;model.preset=resnet_50_imagenet", "detection",
+     ["model.preset", "no ResNeXt", "model.backbone_weights"]),
     ("name=", "classification", ["name=''", "non-empty"]),
 ]
 
 
 @pytest.mark.parametrize("override,task,words", BAD, ids=[b[0] for b in BAD])
 def test_bad_value_is_one_line_naming_key_value_and_choices(override, task, words):
-    recipe = (_classify if task == "classification" else _detect)(override)
+    overrides = override.split(";")
+    recipe = (_classify if task == "classification" else _detect)(*overrides)
     message = _error(recipe)
     for word in words:
         assert word in message, (word, message)
@@ -161,7 +169,7 @@ def test_hash_without_load_from():
     ("model.width_multiplier=0.5", "classification"),
     ("model.head=mlp", "detection"),
     ("data.augment=false", "detection"),
-    ("model.se_stages=layer3", "detection"),
+    ("model.separable_stages=layer3", "classification"),
 ])
 def test_key_the_task_does_not_read_is_an_error_naming_key_and_task(override, task):
     recipe = (_classify if task == "classification" else _detect)(override)

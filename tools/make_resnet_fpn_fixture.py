@@ -20,6 +20,11 @@ the residual sums from growing: the stage outputs' std stays about 0.9 - 1.4 fro
 layer4, 17 - 27 % zeros (all convs at 1.0: 4 -> 60; at sqrt(2): 7 -> 550), the FPN levels
 about 1 - 3.
 
+``--resnext`` writes tests/fixtures/resnext_fpn_torchvision.npz instead, with one backbone,
+``x101``: ``resnext101_32x8d(norm_layer=FrozenBatchNorm2d)`` (grouped 3x3 convolutions, 32
+groups of 8 per 64 planes) with the v1 FPN, as ``resnet_fpn_backbone("resnext101_32x8d")``
+builds it for a Faster R-CNN; same gains, same images.
+
 Inputs: ``images`` uint8 ``[2, 88, 136, 3]`` (0..255 RGB; odd stage sizes 22x34 ... 3x5),
 normalised the way GeneralizedRCNNTransform does (``(x / 255 - mean) / std``) before the body.
 Outputs channels-last, a channel slice to stay small (full spatial size): ``{v}_body_P{l}``
@@ -36,14 +41,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torchvision.models import resnet50
+from torchvision.models import resnet50, resnext101_32x8d
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE_SIZE = (88, 136)
 BATCH = 2
-SEEDS = {"v1": 1, "v2": 2}
+SEEDS = {"v1": 1, "v2": 2, "x101": 3}
 CONV3_GAIN = 0.5
 BODY_CHANNELS, FPN_CHANNELS = 4, 8
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -60,6 +65,8 @@ def seeded_state_dict():
 def backbone(version: str) -> nn.Module:
     if version == "v1":
         return _resnet_fpn_extractor(resnet50(norm_layer=FrozenBatchNorm2d), 3)
+    if version == "x101":
+        return _resnet_fpn_extractor(resnext101_32x8d(norm_layer=FrozenBatchNorm2d), 3)
     return _resnet_fpn_extractor(resnet50(), 3, norm_layer=nn.BatchNorm2d)
 
 
@@ -105,16 +112,20 @@ def run(version, images, seeded, out):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path,
-                        default=ROOT / "tests" / "fixtures" / "resnet_fpn_torchvision.npz")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--resnext", action="store_true",
+                        help="the ResNeXt-101 32x8d body (resnext_fpn_torchvision.npz)")
     args = parser.parse_args()
+    versions = ["x101"] if args.resnext else ["v1", "v2"]
+    args.out = args.out or ROOT / "tests" / "fixtures" / (
+        "resnext_fpn_torchvision.npz" if args.resnext else "resnet_fpn_torchvision.npz")
     torch.manual_seed(0)
     rng = np.random.default_rng(20240611)
     images = rng.integers(0, 256, (BATCH, *IMAGE_SIZE, 3)).astype(np.uint8)
     images[1] = np.sort(images[1], axis=1)           # a smoother second image: gradients
     out = {"images": images}
     seeded = seeded_state_dict()
-    for version in SEEDS:
+    for version in versions:
         run(version, images, seeded, out)
     np.savez_compressed(args.out, **out)
     print(f"wrote {args.out} ({args.out.stat().st_size / 1024:.0f} KiB)")

@@ -30,7 +30,7 @@ NPZ_EXPORT_HINT = ("python -c \"import sys, numpy, torch; sd = torch.load(sys.ar
                    "map_location='cpu', weights_only=True); numpy.savez(sys.argv[2], **{k: "
                    "v.numpy() for k, v in sd.items()})\" model.pth model.npz")
 ARCHS = ("fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2",
-         "fasterrcnn_mobilenet_v3_large_fpn")
+         "fasterrcnn_mobilenet_v3_large_fpn", "fasterrcnn_resnext101_32x8d_fpn")
 
 
 class ConvertError(ValueError):
@@ -71,6 +71,16 @@ def detect_arch(state_dict: dict) -> str:
         raise ConvertError("the checkpoint has no roi_heads.box_predictor.* weights: not a "
                            "torchvision Faster R-CNN state dict")
     if any(k.startswith("backbone.body.layer1.") for k in state_dict):
+        conv2 = state_dict.get("backbone.body.layer1.0.conv2.weight")
+        blocks = sum(1 for k in state_dict
+                     if k.startswith("backbone.body.layer3.") and k.endswith(".conv1.weight"))
+        groups = 1 if conv2 is None else int(conv2.shape[0]) // max(int(conv2.shape[1]), 1)
+        if (blocks, groups) == (23, 32) and int(conv2.shape[1]) == 8:
+            return "fasterrcnn_resnext101_32x8d_fpn"
+        if (blocks, groups) != (6, 1):
+            raise ConvertError(f"the checkpoint's ResNet body has {blocks} blocks in layer3 "
+                               f"and {groups} groups in its 3x3 convolutions: kft converts "
+                               "ResNet-50 (6, 1) and ResNeXt-101 32x8d (23, 32) Faster R-CNNs")
         if any(k.startswith("roi_heads.box_head.0.0.") for k in state_dict):
             return "fasterrcnn_resnet50_fpn_v2"
         return "fasterrcnn_resnet50_fpn"
@@ -138,7 +148,7 @@ def convert_faster_rcnn(state_dict: dict, model) -> dict:
     arch = getattr(model, "arch", "custom")
     arch = arch if arch in ARCHS else detect_arch(state_dict)
     mapping, used = {}, set()
-    if arch.startswith("fasterrcnn_resnet50_fpn"):
+    if arch.startswith(("fasterrcnn_resnet50_fpn", "fasterrcnn_resnext")):
         from kft.models.torchvision_map import map_resnet_body
 
         parts = [map_resnet_body(state_dict, model.backbone, prefix="backbone.body.")]

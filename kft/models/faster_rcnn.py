@@ -59,6 +59,8 @@ ARCHS = {
         "backbone": "mobilenet_v3", "frozen_bn": True,
         "anchor_sizes": ((32, 64, 128, 256, 512),) * 3,
         "aspect_ratios": (TORCHVISION_ASPECT_RATIOS,) * 3, "rpn_score_threshold": 0.05},
+    "fasterrcnn_resnext101_32x8d_fpn": {"backbone": "resnet", "depth": "resnext101_32x8d",
+                                        "frozen_bn": True},
     "fasterrcnn_resnet_tiny_fpn": {"backbone": "resnet", "frozen_bn": False,
                                    "fpn_channels": 64,
                                    "anchor_sizes": ((16,), (32,), (64,), (128,)),
@@ -254,7 +256,8 @@ class FasterRCNN(Detector, keras.Model):
 
     @classmethod
     def from_arch(cls, arch: str, num_classes: int, *, image_size=800, preset: str = "",
-                  backbone_weights=None, frozen_bn: bool | None = None, **kwargs) -> FasterRCNN:
+                  backbone_weights=None, frozen_bn: bool | None = None, se_stages=(),
+                  se_reduction: int = 16, separable_stages=(), **kwargs) -> FasterRCNN:
         """A detector of :data:`ARCHS` with torchvision's settings for it.
 
         * ``fasterrcnn_resnet50_fpn``: keras-hub ResNet-50 (frozen BatchNorm), FPN P2-P5 + P6,
@@ -264,13 +267,19 @@ class FasterRCNN(Detector, keras.Model):
         * ``fasterrcnn_mobilenet_v3_large_fpn``: torchvision's MobileNetV3-Large body (two
           stride-32 levels), FPN + pool level, 5 sizes x 3 ratios per level, RPN score
           threshold 0.05.
+        * ``fasterrcnn_resnext101_32x8d_fpn``: the v1 detector on kft's ResNeXt-101 32x8d
+          (grouped 3x3 convolutions, frozen BatchNorm; the guide's high-accuracy backbone),
+          as torchvision's ``resnet_fpn_backbone("resnext101_32x8d")`` builds it.
         * ``fasterrcnn_resnet_tiny_fpn``: kft's three-stage ResNet (tests, quick starts).
 
         ``image_size``: the static input, a side or ``(H, W)``, multiples of 32 (torchvision's
         800 / 1333 keep-aspect resize fits a 1344 x 1344 canvas). ``preset``: a keras-hub
-        ResNet preset (name or local folder) for the ResNet backbones; ``backbone_weights``: a
-        torchvision ``mobilenet_v3_large`` ``.npz`` state dict for MobileNetV3.
-        ``frozen_bn`` overrides the arch's BatchNorm choice; ``kwargs`` go to
+        ResNet preset (name or local folder) for the ResNet-50 backbones; ``backbone_weights``:
+        a torchvision ImageNet state dict (``.npz``; ``.pth`` with torch) of the backbone:
+        ``mobilenet_v3_large``, ``resnext101_32x8d``, ``resnet50``.
+        ``frozen_bn`` overrides the arch's BatchNorm choice. Backbone surgery (M6, ResNet
+        backbones): ``se_stages`` / ``se_reduction`` / ``separable_stages`` of
+        :class:`~kft.models.backbones.resnet.ResNetFPNBody`. ``kwargs`` go to
         :class:`FasterRCNN` (anchor_sizes, thresholds, losses, ...).
         """
         from kft.models.backbones.resnet import resnet_fpn_body
@@ -286,15 +295,23 @@ class FasterRCNN(Detector, keras.Model):
         settings = dict(ARCHS[arch])
         settings.update(kwargs)
         frozen = settings.pop("frozen_bn") if frozen_bn is None else bool(frozen_bn)
+        depth = settings.pop("depth", "resnet_tiny" if arch == "fasterrcnn_resnet_tiny_fpn"
+                             else "resnet50")
         if settings.pop("backbone") == "mobilenet_v3":
             from kft.models.backbones.mobilenet_v3_fpn import mobilenet_v3_fpn_body
 
+            if se_stages or separable_stages:
+                raise ArchError(f"arch={arch}: se_stages / separable_stages (M6 surgery) are "
+                                "for the ResNet backbones; MobileNetV3 has SE blocks and "
+                                "depthwise convolutions already")
             backbone = mobilenet_v3_fpn_body(size, weights=backbone_weights, frozen_bn=frozen)
             neck = FPN(levels=tuple(backbone.level_names), extra="max_pool", extra_name="pool",
                        name="fpn")
         else:
-            depth = "resnet_tiny" if arch == "fasterrcnn_resnet_tiny_fpn" else "resnet50"
-            backbone = resnet_fpn_body(depth, size, preset=preset, frozen_bn=frozen)
+            backbone = resnet_fpn_body(depth, size, preset=preset, frozen_bn=frozen,
+                                       weights=backbone_weights, se_stages=se_stages,
+                                       se_reduction=se_reduction,
+                                       separable_stages=separable_stages)
             neck = FPN(settings.pop("fpn_channels", 256), levels=tuple(backbone.level_names),
                        norm=settings.pop("fpn_norm", None), name="fpn")
         settings.pop("fpn_norm", None)

@@ -174,11 +174,70 @@ def image_args(d: cfg.Data, arch: str) -> dict:
             "pad_size": (side, side)}
 
 
+def pyramid_shapes(arch: str, canvas) -> list[tuple[int, int]]:
+    """The FPN level sizes of a ResNet / ResNeXt Faster R-CNN on a ``canvas`` input: strides 4,
+    8, ... up to the last stage (16 for resnet_tiny, 32 otherwise), then the max-pool level."""
+    height, width = (canvas, canvas) if isinstance(canvas, int) else canvas
+    last = 16 if arch == "fasterrcnn_resnet_tiny_fpn" else 32
+    shapes, stride = [], 4
+    while stride <= last:
+        shapes.append((-(-height // stride), -(-width // stride)))
+        stride *= 2
+    shapes.append((-(-shapes[-1][0] // 2), -(-shapes[-1][1] // 2)))
+    return shapes
+
+
+def fit_anchor_sizes(split, recipe: cfg.Recipe):
+    """``model.frcnn.fit_anchors``: one anchor size per pyramid level fitted to the training
+    boxes as the pipeline sizes them (:func:`kft.ops.anchors.fit_rcnn_anchor_sizes`); returns
+    the :class:`~kft.train.plan.Change` of ``model.frcnn.anchor_sizes``. Crowd boxes are left
+    out (they are not trained as positives)."""
+    from kft.ops.anchors import fit_rcnn_anchor_sizes
+    from kft.train.plan import Change
+
+    d, f = recipe.data, recipe.model.frcnn
+    args = image_args(d, recipe.model.arch)
+    canvas = args.get("pad_size") or (d.image_size, d.image_size)
+    boxes = []
+    for record in split.records:
+        keep = record.iscrowd == 0 if len(record.iscrowd) else slice(None)
+        b = np.asarray(record.boxes, np.float64).reshape(-1, 4)[keep]
+        if args["resize"] == "keep_aspect":
+            short, long = args["image_size"]
+            scale = min(short / min(record.height, record.width),
+                        long / max(record.height, record.width))
+            b = b * scale
+        else:
+            b = b * np.array([canvas[1] / record.width, canvas[0] / record.height] * 2)
+        boxes.append(b)
+    boxes = np.concatenate(boxes) if boxes else np.zeros((0, 4))
+    if not len(boxes):
+        raise cfg.ConfigError("model.frcnn.fit_anchors=True: the training split has no boxes "
+                              "to fit anchor sizes to")
+    from kft.models.faster_rcnn import ARCHS
+
+    shapes = pyramid_shapes(recipe.model.arch, canvas)
+    baseline = ARCHS[recipe.model.arch].get("anchor_sizes") or tuple(
+        (32.0 * 2 ** k,) for k in range(len(shapes)))
+    fit = fit_rcnn_anchor_sizes(boxes, canvas, shapes, tuple(f.aspect_ratios) or (2.0, 1.0, 0.5),
+                                baseline_sizes=baseline, seed=recipe.train.seed)
+    r = fit["report"]
+    why = (f"fitted to {r['num_boxes']} training boxes (median side "
+           f"{r['box_size_percentiles'][1]:.0f} px at the input): IoU >= 0.5 coverage "
+           f"{r['coverage_before']:.1%} -> {r['coverage_after']:.1%}, >= 0.7 "
+           f"{r['coverage_at_0.7_before']:.1%} -> {r['coverage_at_0.7_after']:.1%}, mean best "
+           f"IoU {r['mean_best_iou_before']:.3f} -> {r['mean_best_iou_after']:.3f}")
+    sizes = tuple(tuple(float(v) for v in level) for level in fit["anchor_sizes"])
+    return Change("model.frcnn.anchor_sizes", tuple(f.anchor_sizes), sizes, why)
+
+
 def build_faster_rcnn(m: cfg.Model, t: cfg.Train, e: cfg.Eval, num_classes: int,
                       d: cfg.Data):
     """A Faster R-CNN from recipe fields (:meth:`FasterRCNN.from_arch`, ``model.frcnn.*``)."""
+    from kft.models.convert_torchvision import ConvertError
     from kft.models.faster_rcnn import ArchError as FRCNNArchError
     from kft.models.faster_rcnn import FasterRCNN
+    from kft.models.weights import WeightsError
 
     args = image_args(d, m.arch)
     canvas = args.get("pad_size") or (d.image_size, d.image_size)
@@ -202,12 +261,22 @@ def build_faster_rcnn(m: cfg.Model, t: cfg.Train, e: cfg.Eval, num_classes: int,
     if f.representation_size:
         kwargs["representation_size"] = f.representation_size
     try:
-        return FasterRCNN.from_arch(m.arch, num_classes, image_size=canvas,
-                                    preset=m.preset if m.arch != "fasterrcnn_mobilenet_v3_large_"
-                                    "fpn" else "", backbone_weights=m.backbone_weights or None,
-                                    **kwargs)
+        model = FasterRCNN.from_arch(
+            m.arch, num_classes, image_size=canvas,
+            preset=m.preset if m.arch != "fasterrcnn_mobilenet_v3_large_fpn" else "",
+            backbone_weights=m.backbone_weights or None, se_stages=tuple(m.se_stages),
+            se_reduction=m.se_reduction, separable_stages=tuple(m.separable_stages), **kwargs)
+    except (WeightsError, ConvertError) as err:
+        raise cfg.ConfigError(f"model.backbone_weights={m.backbone_weights!r}: {err}") from None
     except (FRCNNArchError, ValueError) as err:
         raise cfg.ConfigError(f"model.{err}") from None
+    surgery = getattr(model.backbone, "surgery", None)
+    if surgery and (surgery["se_stages"] or surgery["separable_stages"]):
+        print(f"backbone surgery (M6): SE after {surgery['se_stages'] or 'no stage'}, "
+              f"depthwise-separable 3x3 in {surgery['separable_stages'] or 'no stage'}: "
+              f"{surgery['params_before']:,} -> {surgery['params_after']:,} backbone "
+              f"parameters ({surgery['change']:+.1%})")
+    return model
 
 
 def build_detector(m: cfg.Model, t: cfg.Train, e: cfg.Eval, num_classes: int,
@@ -315,6 +384,8 @@ class DetectionTask(Task):
                     "eval.every >= 1 (or early_stopping_patience=0)")
             # D9: model selection on a held-out slice of train, never on the val split
             train_split, select_split = train_split.holdout(d.val_fraction, t.seed)
+        if purpose == "train" and recipe.model.frcnn.fit_anchors:
+            resolved = [*resolved, fit_anchor_sizes(train_split, recipe)]
         report = DataReport()
         for split in (train_split, val_split):
             if split is not None:

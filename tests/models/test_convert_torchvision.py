@@ -159,3 +159,17 @@ def test_kft_predict_on_a_converted_checkpoint_gives_torchvisions_detections(tmp
         assert np.abs(np.array(det["box"]) - theirs[j]).max() <= 1.0
         assert abs(det["score"] - f["scores"][0][keep][j]) <= 1e-3
         assert det["class"] == "abc"[f["labels"][0][keep][j] - 1]
+
+
+def test_detect_arch_tells_resnext101_from_resnet50_and_refuses_other_depths():
+    def body(blocks, conv2_shape):
+        keys = {"roi_heads.box_predictor.cls_score.weight": np.zeros((4, 1)),
+                "backbone.body.layer1.0.conv2.weight": np.zeros(conv2_shape, "float32")}
+        keys.update({f"backbone.body.layer3.{b}.conv1.weight": np.zeros(1) for b in
+                     range(blocks)})
+        return keys
+
+    assert detect_arch(body(6, (64, 64, 3, 3))) == "fasterrcnn_resnet50_fpn"
+    assert detect_arch(body(23, (256, 8, 3, 3))) == "fasterrcnn_resnext101_32x8d_fpn"
+    with pytest.raises(ConvertError, match=r"23 blocks in layer3 and 1 groups.*ResNet-50"):
+        detect_arch(body(23, (64, 64, 3, 3)))                  # a ResNet-101 FPN

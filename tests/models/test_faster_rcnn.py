@@ -151,3 +151,40 @@ def test_a_faster_rcnn_builds_after_an_ssd_in_the_same_process():
     model = tiny()
     assert isinstance(model, keras.Model) and model.num_classes == 3
     assert model(np.zeros((1, *SIZE, 3), "float32"))["objectness"].shape[0] == 1
+
+
+def test_backbone_surgery_from_a_recipe_trains_the_new_layers(capsys):
+    """M6 through the detection task: SE after layer2 and separable 3x3 convs in layer3 of the
+    tiny ResNet, the parameter change printed; a fit step moves the new layers although the
+    recipe freezes their stages' pretrained layers (new layers belong to no stage)."""
+    from kft import config as cfg
+    from kft.tasks.detection import build_faster_rcnn
+    from kft.train.finetune import set_trainable_stages
+
+    m = cfg.Model(arch="fasterrcnn_resnet_tiny_fpn", se_stages=("layer2",),
+                  separable_stages=("layer3",))
+    m.frcnn.rpn_pre_nms_top_n, m.frcnn.rpn_post_nms_top_n = (300, 150), (120, 60)
+    m.frcnn.representation_size = 64
+    keras.utils.set_random_seed(0)
+    model = build_faster_rcnn(m, cfg.Train(), cfg.Eval(), 3,
+                              cfg.Data(image_size=64, max_size=96, resize="keep_aspect"))
+    out = capsys.readouterr().out
+    surgery = model.backbone.surgery
+    assert surgery["params_after"] < surgery["params_before"]
+    assert (f"{surgery['params_before']:,} -> {surgery['params_after']:,}" in out
+            and "SE after ['layer2']" in out and f"{surgery['change']:+.1%}" in out)
+    set_trainable_stages(model, ("layer1",))
+    new = {v.path for v in model.backbone.trainable_variables
+           if "separable" in v.path or "squeeze" in v.path or "excite" in v.path}
+    assert any("separable" in p for p in new) and any("excite" in p for p in new)
+    assert not any(v.path.startswith("stack2_block0_0_conv") for v in
+                   model.backbone.trainable_variables)
+    before = {v.path: ops.convert_to_numpy(v).copy() for v in model.backbone.weights
+              if v.path in new}
+    model.compile(optimizer=keras.optimizers.SGD(0.05))
+    images, targets = scene()                  # 64 x 96, padded to the 96 x 96 canvas
+    images = np.pad(images, ((0, 0), (0, 32), (0, 0), (0, 0)))
+    model.fit(images, targets, batch_size=2, epochs=1, verbose=0)
+    moved = [p for p, v in before.items() if not np.array_equal(
+        v, ops.convert_to_numpy(next(w for w in model.backbone.weights if w.path == p)))]
+    assert any("separable" in p for p in moved) and any("excite" in p for p in moved)

@@ -303,3 +303,102 @@ def test_preset_folder_weights_reach_the_frozen_batchnorm(tmp_path):
         np.testing.assert_array_equal(values[v.path], ops.convert_to_numpy(v))
     with pytest.raises(WeightsError, match="cannot load"):
         resnet_fpn_body("resnet_tiny", 64, preset=str(tmp_path / "nowhere"))
+
+
+# --- ResNeXt-101 32x8d (kft-built, grouped convolutions) ---------------------------------------
+
+RESNEXT_FIXTURE = ROOT / "tests" / "fixtures" / "resnext_fpn_torchvision.npz"
+
+
+def test_resnext101_body_matches_torchvision_from_an_imagenet_state_dict(tmp_path):
+    """torchvision's resnext101_32x8d (FrozenBatchNorm2d) + FPN, weights drawn from the
+    fixture's spec: the body loads them from an ImageNet-style .npz (classifier keys, fc.*
+    included), the FPN through map_fpn, and both match torchvision's outputs."""
+    with np.load(RESNEXT_FIXTURE) as data:
+        fixture = {k: data[k] for k in data.files}
+    state_dict = _state_dict(fixture, "x101")
+    body_keys = {k.removeprefix("backbone.body."): v for k, v in state_dict.items()
+                 if k.startswith("backbone.body.")}
+    body_keys["fc.weight"] = np.zeros((1000, 2048), "float32")       # a classifier's head
+    body_keys["fc.bias"] = np.zeros(1000, "float32")
+    np.savez(tmp_path / "resnext101_32x8d.npz", **body_keys)
+    size = tuple(fixture["images"].shape[1:3])
+    body = resnet_fpn_body("resnext101_32x8d", size, weights=tmp_path / "resnext101_32x8d.npz")
+    assert body.level_names == ("P2", "P3", "P4", "P5") and body.strides == (4, 8, 16, 32)
+    grouped = [layer for layer in body._flatten_layers(recursive=True)
+               if isinstance(layer, layers.Conv2D) and layer.groups > 1]
+    assert len(grouped) == 3 + 4 + 23 + 3 and {g.groups for g in grouped} == {32}
+    # torchvision's resnext101_32x8d has 88,791,336 parameters, 2,049,000 of them in fc; its
+    # BatchNorm statistics are buffers (kft counts them: 2 x 101,440 BatchNorm channels)
+    assert body.count_params() == 88_791_336 - 2_049_000 + 2 * 101_440
+    assert body.get_config()["resnet"] is None
+    fpn = FPN(**RESNET_FPN, name="fpn")
+    images = keras.Input((*size, 3))
+    features = body(images)
+    model = keras.Model(images, {"body": features, "fpn": fpn(features)})
+    fpn_map, _ = map_fpn(state_dict, fpn)
+    transfer(fpn, fpn_map)
+    out = model(fixture["images"].astype("float32"), training=False)
+    for level in range(2, 6):
+        want = fixture[f"x101_body_P{level}"]
+        got = ops.convert_to_numpy(out["body"][f"P{level}"])[..., :want.shape[-1]]
+        _assert_close(got, want, f"x101 body P{level}")
+    for level in range(2, 7):
+        want = fixture[f"x101_fpn_P{level}"]
+        got = ops.convert_to_numpy(out["fpn"][f"P{level}"])[..., :want.shape[-1]]
+        _assert_close(got, want, f"x101 FPN P{level}")
+    with pytest.raises(ValueError, match="keras-hub has no ResNeXt"):
+        resnet_fpn_body("resnext101_32x8d", 64, preset="resnet_50_imagenet")
+
+
+# --- backbone surgery (M6) --------------------------------------------------------------------
+
+
+def test_se_block_starts_as_identity_and_trains_with_its_stage_frozen(tmp_path):
+    images = np.random.default_rng(4).uniform(0, 255, (2, 64, 96, 3)).astype("float32")
+    plain = resnet_fpn_body("resnet_tiny", (64, 96), frozen_bn=False)
+    body = resnet_fpn_body("resnet_tiny", (64, 96), frozen_bn=False, se_stages=("layer2",),
+                           se_reduction=8)
+    shared = {v.path: v for v in plain.weights}
+    for v in body.weights:             # the same ResNet weights, the SE's own left as built
+        if v.path in shared:
+            v.assign(shared[v.path])
+    se = [v.path for v in body.weights if v.path not in shared]
+    assert se and all("squeeze" in p or "excite" in p for p in se)
+    before, after = plain(images), body(images)
+    for name in body.level_names:      # SE's excite starts at zero: gate 2 * sigmoid(0) = 1
+        np.testing.assert_allclose(ops.convert_to_numpy(after[name]),
+                                   ops.convert_to_numpy(before[name]), rtol=1e-5, atol=1e-5)
+    assert body.surgery["params_after"] == body.surgery["params_before"] + sum(
+        int(np.prod(v.shape)) for v in body.weights if v.path not in shared)
+    model = TinyClassifier(body)
+    model(images)
+    set_trainable_stages(model, ("layer3",))          # layer2 frozen, its new SE block trains
+    trainable = {v.path for v in model.trainable_variables}
+    assert set(se) <= trainable and "stack1_block0_1_conv/kernel" not in trainable
+    assert trainable_stages(model) == ["layer3"]
+    path = tmp_path / "se.keras"
+    body.save(path)
+    loaded = keras.saving.load_model(path)
+    assert loaded.get_config()["se_stages"] == ["layer2"]
+    np.testing.assert_allclose(ops.convert_to_numpy(loaded(images)["P4"]),
+                               ops.convert_to_numpy(body(images)["P4"]), rtol=1e-6)
+    with pytest.raises(ValueError, match=r"\['layer4'\] are not stages"):
+        resnet_fpn_body("resnet_tiny", 64, se_stages=("layer4",))
+
+
+def test_depthwise_separable_stages_cut_the_parameters():
+    plain = resnet_fpn_body("resnet_tiny", (64, 64))
+    body = resnet_fpn_body("resnet_tiny", (64, 64), separable_stages=("layer2", "layer3"))
+    kinds = {layer.name: type(layer) for layer in body._flatten_layers(recursive=True)}
+    separable = sorted(n for n, k in kinds.items() if k is layers.SeparableConv2D)
+    # each basic block has two 3x3 convolutions; layer1 and the 7x7 stem stay as they were
+    assert separable == [f"stack{s}_block0_{i}_conv_separable" for s in (1, 2) for i in (1, 2)]
+    assert kinds["stack0_block0_1_conv"] is layers.Conv2D and kinds["conv1_conv"] is layers.Conv2D
+    # a 3x3 64 -> 64 conv (36,864 weights) becomes 3 x 3 x 64 + 64 x 64 = 4,672: four of them
+    assert plain.count_params() - body.count_params() == 4 * (36_864 - 4_672)
+    assert body.surgery["params_before"] == plain.count_params()
+    assert body.surgery["change"] == round(body.count_params() / plain.count_params() - 1, 4)
+    assert body.stage_of("stack1_block0_1_conv_separable") is None
+    out = body(np.zeros((1, 64, 64, 3), "float32"))
+    assert tuple(out["P4"].shape) == (1, 4, 4, 64)

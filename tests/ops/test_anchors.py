@@ -116,3 +116,55 @@ def test_rcnn_anchors_strides_sizes_and_order():
     np.testing.assert_array_equal(wh, [[22, 12], [46, 22], [12, 22], [22, 46]])
     with pytest.raises(ValueError, match="one sizes entry per feature map"):
         rcnn_anchors(64, [(16, 16), (8, 8)], (32,))
+
+
+# --- fit_rcnn_anchor_sizes (Faster R-CNN, M7) --------------------------------------------------
+
+
+def _small_objects(n=1500, seed=0, side=320):
+    """Traffic-sign-like boxes: 5 - 28 px, near square, anywhere in a ``side`` px image."""
+    rng = np.random.default_rng(seed)
+    w = rng.uniform(5, 28, n)
+    h = w * rng.uniform(0.8, 1.25, n)
+    x, y = rng.uniform(0, side - 30, n), rng.uniform(0, side - 30, n)
+    return np.stack([x, y, x + w, y + h], axis=1)
+
+
+def test_rcnn_fit_measures_best_iou_exactly_and_moves_anchors_to_small_objects():
+    side, shapes = 320, [80, 40, 20, 10, 5]                   # ResNet-FPN P2..P6 on 320
+    boxes = _small_objects(side=side)
+    fit = A.fit_rcnn_anchor_sizes(boxes, side, shapes)
+    report = fit["report"]
+    # the analytic nearest-centre best IoU is the brute-force one over rcnn_anchors' grid
+    for sizes, key in ((report["baseline_sizes"], "before"),
+                       ([s[0] for s in fit["anchor_sizes"]], "after")):
+        anchors = A.rcnn_anchors(side, shapes, [(s,) for s in sizes])
+        best = np.concatenate([A._np_iou(boxes[i:i + 300], anchors).max(axis=1)
+                               for i in range(0, len(boxes), 300)])
+        assert report[f"mean_best_iou_{key}"] == pytest.approx(best.mean(), abs=1e-6)
+        assert report[f"coverage_{key}"] == pytest.approx(np.mean(best >= 0.5), abs=1e-9)
+        assert report[f"coverage_at_0.7_{key}"] == pytest.approx(np.mean(best >= 0.7),
+                                                                 abs=1e-9)
+    sizes = [s[0] for s in fit["anchor_sizes"]]
+    assert sizes == sorted(sizes) and all(s == int(s) for s in sizes)
+    assert sizes[0] <= 16 and sizes[1] <= 32           # torchvision's 32 / 64 miss these
+    assert report["coverage_before"] < 0.5 < 0.85 < report["coverage_after"]
+    assert report["mean_best_iou_after"] > report["mean_best_iou_before"] + 0.15
+    assert report["num_boxes"] == len(boxes) and 5 < report["box_size_percentiles"][1] < 28
+    # widths / heights alone work too (placed at seeded positions), and give similar sizes
+    wh = A.fit_rcnn_anchor_sizes(boxes[:, 2:] - boxes[:, :2], side, shapes)
+    assert wh["report"]["coverage_after"] > 0.85
+    assert abs(wh["anchor_sizes"][0][0] - sizes[0]) <= 4
+
+
+def test_rcnn_fit_keeps_torchvisions_sizes_when_they_already_fit():
+    rng = np.random.default_rng(1)
+    n, side, shapes = 800, 512, [128, 64, 32, 16, 8]
+    sizes = rng.choice([32, 64, 128, 256, 512], n).astype(float)
+    w = sizes * rng.uniform(0.95, 1.05, n)
+    boxes = np.stack([np.zeros(n), np.zeros(n), np.minimum(w, side), np.minimum(w, side)], 1)
+    fit = A.fit_rcnn_anchor_sizes(boxes, side, shapes)
+    assert fit["report"]["coverage_after"] >= fit["report"]["coverage_before"] > 0.9
+    assert [s[0] for s in fit["anchor_sizes"]][:3] == pytest.approx([32, 64, 128], rel=0.15)
+    with pytest.raises(ValueError, match="baseline_sizes has 2 entries"):
+        A.fit_rcnn_anchor_sizes(boxes, side, shapes, baseline_sizes=(32, 64))

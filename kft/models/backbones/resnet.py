@@ -36,6 +36,16 @@ RESNET_ARCHS = {
     "resnet_tiny": ("basic_block", [1, 1, 1]),
 }
 
+# torchvision's ResNeXt (Xie et al. 2017): arch -> (blocks per stage, groups, width per group).
+# keras-hub's ResNet has no grouped convolution, so kft builds these itself
+# (:func:`build_resnext`), with keras-hub's layer names: everything that reads a ResNet by
+# its names (stage_of, the torchvision key mapping, freezing) works on them unchanged.
+RESNEXT_ARCHS = {
+    "resnext50_32x4d": ((3, 4, 6, 3), 32, 4),
+    "resnext101_32x8d": ((3, 4, 23, 3), 32, 8),
+    "resnext101_64x4d": ((3, 4, 23, 3), 64, 4),
+}
+
 # keras-hub preset for each depth (downloaded from Kaggle when online).
 IMAGENET_PRESETS = {
     "resnet18": "resnet_18_imagenet",
@@ -184,18 +194,123 @@ def frozen_copy(bn) -> FrozenBatchNormalization:
     return frozen
 
 
-def pyramid_model(resnet, frozen_bn: bool, name: str = "resnet") -> keras.Model:
-    """``resnet`` (a keras-hub ``ResNetBackbone``) as a functional model from its input to its
-    ``pyramid_outputs`` dict, every BatchNormalization replaced by a
-    :func:`frozen_copy` when ``frozen_bn``. The other layers are shared, not copied."""
+def pyramid_model(resnet, frozen_bn: bool, name: str = "resnet",
+                  separable_stages=()) -> keras.Model:
+    """``resnet`` (a keras-hub ``ResNetBackbone`` or :func:`build_resnext`) as a functional
+    model from its input to its ``pyramid_outputs`` dict, every BatchNormalization replaced by
+    a :func:`frozen_copy` when ``frozen_bn`` and every k x k convolution (k > 1) of the stages
+    in ``separable_stages`` by a :func:`separable_copy`. The other layers are shared, not
+    copied."""
     pyramid = keras.Model(resnet.input, dict(resnet.pyramid_outputs), name=name)
-    if not frozen_bn:
+    separable_stages = tuple(separable_stages)
+    if not frozen_bn and not separable_stages:
         return pyramid
+    last = f"layer{len(resnet.stackwise_num_filters)}"
 
     def swap(layer):
-        return frozen_copy(layer) if isinstance(layer, layers.BatchNormalization) else layer
+        if frozen_bn and isinstance(layer, layers.BatchNormalization):
+            return frozen_copy(layer)
+        if (isinstance(layer, layers.Conv2D) and max(layer.kernel_size) > 1
+                and _STACK.search(layer.name) and stage_of(layer.name, last) in
+                separable_stages):
+            return separable_copy(layer)
+        return layer
 
     return keras.models.clone_model(pyramid, clone_function=swap)
+
+
+def build_resnext(arch: str, image_size, name: str = "resnext") -> keras.Model:
+    """torchvision's ``resnext50_32x4d`` / ``resnext101_32x8d`` / ``resnext101_64x4d`` as a
+    functional model (:data:`RESNEXT_ARCHS`), with the attributes of a keras-hub
+    ``ResNetBackbone`` that kft reads (``pyramid_outputs`` P2..P5, ``stackwise_num_filters``,
+    ``stackwise_num_strides``, ``use_pre_activation``).
+
+    Bottleneck ``i`` of a stage of ``planes`` (64, 128, 256, 512): 1x1 to ``width = planes *
+    width_per_group / 64 * groups``, 3x3 grouped convolution (``groups``, the stride: ResNet
+    v1.5), 1x1 to ``4 * planes``, shortcut 1x1 conv + BN on the first block. Layer names are
+    keras-hub's (``stack2_block0_2_conv`` is ``layer3.0.conv2``), padding explicit as
+    keras-hub's (torch's symmetric padding under a stride of 2), BatchNorm epsilon 1e-5.
+    ``[B, H, W, 3]`` (normalised by the caller) -> ``[B, ceil(H / 32), ceil(W / 32), 2048]``.
+    """
+    if arch not in RESNEXT_ARCHS:
+        raise ValueError(f"arch={arch!r} is not one of {sorted(RESNEXT_ARCHS)}")
+    blocks, groups, width_per_group = RESNEXT_ARCHS[arch]
+    height, width = _hw(image_size)
+
+    def bn(x, layer_name):
+        return layers.BatchNormalization(epsilon=BN_EPSILON, momentum=0.9,
+                                         name=layer_name)(x)
+
+    images = keras.Input((height, width, 3), name="images")
+    x = layers.ZeroPadding2D(3, name="conv1_pad")(images)
+    x = layers.Conv2D(64, 7, strides=2, use_bias=False, name="conv1_conv")(x)
+    x = layers.Activation("relu", name="conv1_relu")(bn(x, "conv1_bn"))
+    x = layers.ZeroPadding2D(1, name="pool1_pad")(x)
+    x = layers.MaxPooling2D(3, strides=2, name="pool1_pool")(x)
+    filters, strides, pyramid = [64, 128, 256, 512], [1, 2, 2, 2], {}
+    for stage, (count, planes, stage_stride) in enumerate(zip(blocks, filters, strides,
+                                                              strict=True)):
+        inner = planes * width_per_group // 64 * groups
+        for block in range(count):
+            prefix = f"stack{stage}_block{block}"
+            stride = stage_stride if block == 0 else 1
+            shortcut = x
+            if block == 0:
+                shortcut = layers.Conv2D(4 * planes, 1, strides=stride, use_bias=False,
+                                         name=f"{prefix}_0_conv")(x)
+                shortcut = bn(shortcut, f"{prefix}_0_bn")
+            y = layers.Conv2D(inner, 1, use_bias=False, name=f"{prefix}_1_conv")(x)
+            y = layers.Activation("relu", name=f"{prefix}_1_relu")(bn(y, f"{prefix}_1_bn"))
+            if stride > 1:
+                y = layers.ZeroPadding2D(1, name=f"{prefix}_2_pad")(y)
+            y = layers.Conv2D(inner, 3, strides=stride, groups=groups, use_bias=False,
+                              padding="valid" if stride > 1 else "same",
+                              name=f"{prefix}_2_conv")(y)
+            y = layers.Activation("relu", name=f"{prefix}_2_relu")(bn(y, f"{prefix}_2_bn"))
+            y = layers.Conv2D(4 * planes, 1, use_bias=False, name=f"{prefix}_3_conv")(y)
+            y = layers.Add(name=f"{prefix}_add")([shortcut, bn(y, f"{prefix}_3_bn")])
+            x = layers.Activation("relu", name=f"{prefix}_out")(y)
+        pyramid[f"P{stage + 2}"] = x
+    model = keras.Model(images, x, name=name)
+    model.pyramid_outputs = pyramid
+    model.stackwise_num_filters = filters
+    model.stackwise_num_strides = strides
+    model.use_pre_activation = False
+    return model
+
+
+# --- backbone surgery (M6) --------------------------------------------------------------------
+
+SEPARABLE_SUFFIX = "_separable"
+"""Name suffix of a 3x3 convolution replaced by a depthwise-separable one."""
+
+
+def separable_copy(conv) -> layers.SeparableConv2D:
+    """A depthwise 3x3 + pointwise 1x1 convolution in place of ``conv`` (a ``Conv2D`` with a
+    k x k kernel, k > 1): same filters, kernel size, stride, padding and bias; new weights,
+    ``k * k * C_in + C_in * C_out`` of them instead of ``k * k * C_in / groups * C_out``."""
+    return layers.SeparableConv2D(conv.filters, conv.kernel_size, strides=conv.strides,
+                                  padding=conv.padding, use_bias=conv.use_bias,
+                                  dtype=conv.dtype_policy, name=conv.name + SEPARABLE_SUFFIX)
+
+
+def _with_squeeze_excite(features, se_stages, reduction: int) -> keras.Model:
+    """``features`` (images -> ``{"P2": ..., "P5": ...}``, a ResNet's stage outputs) with a
+    :class:`~kft.models.heads.classification.SqueezeExcite` after each stage of
+    ``se_stages`` (``"layer3"`` is ``P4``, conv4_x): the next stage reads the recalibrated
+    map and the pyramid level is the SE's output. The layers are shared with ``features``."""
+    from kft.models.heads.classification import SqueezeExcite
+
+    images = keras.Input(features.input.shape[1:], name="images")
+    outputs, start, x = {}, features.input, images
+    for index, level in enumerate(features.output):
+        end = features.output[level]
+        x = keras.Model(start, end, name=f"resnet_to_{level}")(x)
+        stage = f"layer{index + 1}"
+        if stage in se_stages:
+            x = SqueezeExcite(reduction, name=f"se_{stage}")(x)
+        outputs[level], start = x, end
+    return keras.Model(images, outputs, name=features.name)
 
 
 def _hw(image_size) -> tuple[int, int]:
@@ -213,11 +328,13 @@ class ResNetFPNBody(keras.Model):
     sizes of torch's conv arithmetic, e.g. 88 x 136 -> 22 x 34, 11 x 17, 6 x 9, 3 x 5).
 
     Args:
-        arch: a key of :data:`RESNET_ARCHS` (``resnet_tiny``: three stages, ``P2`` ... ``P4``).
+        arch: a key of :data:`RESNET_ARCHS` (``resnet_tiny``: three stages, ``P2`` ... ``P4``)
+            or of :data:`RESNEXT_ARCHS` (kft-built, grouped convolutions).
         image_size: ``(H, W)`` or a side.
         preset: keras-hub ResNet preset name or local preset folder (ImageNet weights); only
             used to initialise: ``get_config`` records the architecture (``resnet``), so a
-            saved model reloads from its own weights without network.
+            saved model reloads from its own weights without network. Not for ResNeXt
+            (keras-hub has none): use ``weights``.
         frozen_bn: every BatchNorm a :class:`FrozenBatchNormalization` (torchvision's
             ``fasterrcnn_resnet50_fpn``); False: ordinary trainable BatchNormalization
             (``fasterrcnn_resnet50_fpn_v2``).
@@ -225,25 +342,55 @@ class ResNetFPNBody(keras.Model):
             GeneralizedRCNNTransform's ImageNet mean / std on 0..1 images.
         resnet: a keras-hub ``ResNetBackbone`` config (what ``get_config`` stores); overrides
             ``arch`` and ``preset``.
+        weights: a torchvision ImageNet state dict of the same architecture (``.npz``, or
+            ``.pth`` where torch is installed; e.g. ``resnext101_32x8d``'s), or a torchvision
+            Faster R-CNN checkpoint (``backbone.body.*`` keys), loaded before any surgery;
+            ``fc.*`` is ignored. Only used to initialise.
+        se_stages: M6 backbone surgery: a squeeze-excitation block (reduction
+            ``se_reduction``, 16) after each of these stages (the guide: ``("layer3",)``,
+            after conv4_x); it starts as the identity, so pretrained features are kept.
+        separable_stages: M6: every 3x3 convolution of these stages replaced by a
+            depthwise-separable one (new weights, trained from scratch).
 
     Layers keep keras-hub's names (``conv1_conv``, ``stack2_block0_1_bn``) inside the nested
     model ``resnet``; ``stage_names()`` / ``stage_of(layer_name)`` give the stages
-    ``stem``, ``layer1`` ... for ``train.trainable_stages`` and layer-wise learning rates.
+    ``stem``, ``layer1`` ... for ``train.trainable_stages`` and layer-wise learning rates. The
+    layers surgery adds (SE blocks, separable convolutions) are of no stage: they always
+    train, also when their stage is frozen. ``surgery`` reports the parameter counts
+    (``{"params_before", "params_after", "change", "se_stages", "separable_stages"}``).
     """
 
     def __init__(self, arch: str = "resnet50", image_size=(800, 800), preset: str = "",
-                 frozen_bn: bool = True, normalization: str = "torch", resnet=None, **kwargs):
+                 frozen_bn: bool = True, normalization: str = "torch", resnet=None,
+                 weights=None, se_stages=(), se_reduction: int = 16, separable_stages=(),
+                 **kwargs):
         height, width = _hw(image_size)
         if resnet is not None:
             hub = keras_hub.models.ResNetBackbone.from_config(
                 {**resnet, "image_shape": (height, width, 3)})
+        elif arch in RESNEXT_ARCHS:
+            if preset:
+                raise ValueError(f"preset={preset!r}: keras-hub has no ResNeXt; load ImageNet "
+                                 "weights from a torchvision state dict (weights=...)")
+            hub = build_resnext(arch, (height, width))
         else:
             hub = build_resnet_backbone(arch, (height, width), preset)
-        if not isinstance(hub, keras_hub.models.ResNetBackbone) or hub.use_pre_activation:
+        if getattr(hub, "use_pre_activation", True) or not hasattr(hub, "pyramid_outputs"):
             raise ValueError(f"preset={preset!r} is not a ResNet v1 (keras-hub ResNetBackbone "
                              "without pre-activation), which torchvision's detectors use")
-        resnet_config = hub.get_config()
-        features = pyramid_model(hub, bool(frozen_bn))
+        stages = stage_names(hub)
+        se_stages, separable_stages = tuple(se_stages), tuple(separable_stages)
+        unknown = sorted(set(se_stages + separable_stages) - set(stages[1:]))
+        if unknown:
+            raise ValueError(f"stages {unknown} are not stages of {arch}: choose from "
+                             f"{stages[1:]}")
+        if weights is not None:
+            _load_resnet_weights(hub, weights)
+        resnet_config = None if arch in RESNEXT_ARCHS and resnet is None else hub.get_config()
+        params_before = int(hub.count_params())
+        features = pyramid_model(hub, bool(frozen_bn), separable_stages=separable_stages)
+        if se_stages:
+            features = _with_squeeze_excite(features, se_stages, int(se_reduction))
         images = keras.Input((height, width, 3), name="images")
         x = ImageNormalization(normalization, name="normalize")(images)
         levels = features(x)
@@ -253,32 +400,65 @@ class ResNetFPNBody(keras.Model):
         self.frozen_bn = bool(frozen_bn)
         self.normalization = normalization
         self.resnet_config = resnet_config
+        self.se_stages = se_stages
+        self.se_reduction = int(se_reduction)
+        self.separable_stages = separable_stages
         self.level_names = tuple(levels)
         strides, stride = [], 4                      # conv1 (2) x max pool (2)
         for s in hub.stackwise_num_strides:
             stride *= int(s)
             strides.append(stride)
         self.strides = tuple(strides)
-        self._stages = stage_names(hub)
+        self._stages = stages
+        params_after = int(features.count_params())
+        self.surgery = {"params_before": params_before, "params_after": params_after,
+                        "change": round(params_after / params_before - 1.0, 4),
+                        "se_stages": list(se_stages),
+                        "separable_stages": list(separable_stages)}
 
     def stage_names(self) -> list[str]:
         """``["stem", "layer1", ..., "layerN"]`` bottom-up, as ``train.trainable_stages``
         names them."""
         return list(self._stages)
 
-    def stage_of(self, layer_name: str) -> str:
-        """``stack2_block0_1_conv`` -> ``layer3``; the stem layers (``conv1_*``) -> ``stem``."""
+    def stage_of(self, layer_name: str) -> str | None:
+        """``stack2_block0_1_conv`` -> ``layer3``; the stem layers (``conv1_*``) -> ``stem``;
+        a layer surgery added (``se_layer3`` and its dense layers, ``*_separable``) -> None."""
+        if layer_name.endswith(SEPARABLE_SUFFIX) or not re.match(r"(conv1|pool1|stack\d+)_",
+                                                                layer_name):
+            return None
         return stage_of(layer_name, self._stages[-1])
 
     def get_config(self):
-        resnet = {k: v for k, v in self.resnet_config.items() if k != "image_shape"}
+        resnet = (None if self.resnet_config is None else
+                  {k: v for k, v in self.resnet_config.items() if k != "image_shape"})
         return {"arch": self.arch, "image_size": list(self.image_size),
                 "frozen_bn": self.frozen_bn, "normalization": self.normalization,
-                "resnet": resnet, "name": self.name, "trainable": self.trainable}
+                "resnet": resnet, "se_stages": list(self.se_stages),
+                "se_reduction": self.se_reduction,
+                "separable_stages": list(self.separable_stages), "name": self.name,
+                "trainable": self.trainable}
+
+
+def _load_resnet_weights(hub, path) -> None:
+    """A torchvision ResNet / ResNeXt state dict (ImageNet classifier keys, or a Faster R-CNN
+    checkpoint's ``backbone.body.*``) into ``hub`` (keras-hub names)."""
+    from kft.models.convert_torchvision import read_state_dict
+    from kft.models.torchvision_map import map_resnet_body
+    from kft.models.weights import WeightsError, transfer
+
+    state_dict = read_state_dict(path)
+    prefix = "backbone.body." if any(k.startswith("backbone.body.") for k in state_dict) else ""
+    try:
+        values, _ = map_resnet_body(state_dict, hub, prefix=prefix)
+    except WeightsError as e:
+        raise WeightsError(f"{path}: {e}") from None
+    transfer(hub, values)
 
 
 def resnet_fpn_body(arch: str = "resnet50", image_size=(800, 800), *, preset: str = "",
                     frozen_bn: bool = True, normalization: str = "torch",
+                    weights=None, se_stages=(), se_reduction: int = 16, separable_stages=(),
                     name: str = "backbone") -> ResNetFPNBody:
     """The backbone body of torchvision's ``fasterrcnn_resnet50_fpn`` (``frozen_bn=True``) or
     ``fasterrcnn_resnet50_fpn_v2`` (``frozen_bn=False``); see :class:`ResNetFPNBody`.
@@ -288,4 +468,6 @@ def resnet_fpn_body(arch: str = "resnet50", image_size=(800, 800), *, preset: st
     ``FPN(**RESNET_FPN)`` (v2: ``norm="batch"``). Weights: ``preset`` (keras-hub ImageNet),
     or a torchvision state dict through :func:`kft.models.torchvision_map.map_resnet_body`.
     """
-    return ResNetFPNBody(arch, image_size, preset, frozen_bn, normalization, name=name)
+    return ResNetFPNBody(arch, image_size, preset, frozen_bn, normalization, weights=weights,
+                         se_stages=se_stages, se_reduction=se_reduction,
+                         separable_stages=separable_stages, name=name)
