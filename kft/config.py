@@ -64,7 +64,12 @@ class Data:
     # 32 (torchvision: 800 / 1333 -> 1344); 0 = image_size (the long side fits image_size)
     max_size: int = 0
     max_instances: int = 100  # ground-truth boxes per image after padding
-    detection_augment: str = "ssd"  # none | ssd (photometric + expand + IoU crop + flip) | default
+    # none | ssd (photometric + expand + IoU crop + flip) | default (D3: flip, rotate, colour,
+    # blur) | orientation (D3 without the flip: traffic signs, text)
+    detection_augment: str = "ssd"
+    # per training batch, after detection_augment and resizing: none | cutmix (R4: a rectangle
+    # pasted from another image of the batch with its boxes, p 0.5) | mosaic (four images)
+    batch_augment: str = "none"
 
 
 @dataclass

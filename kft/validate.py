@@ -55,7 +55,8 @@ DETECTION_FORMATS = ("voc", "coco", "yolo", "cityscapes")  # kft.data.readers.fo
 AUTO_FORMATS = ("", "auto")  # data.format: detected from data.root
 AUGMENT_PRESETS = ("natural", "orientation", "guide", "none")  # kft.data.augment
 RESIZE_MODES = ("fixed", "keep_aspect")  # kft.data.detection_pipeline.RESIZE_MODES
-DETECTION_AUGMENTS = ("none", "ssd", "default", "")  # kft.tasks.detection._augment ("" = none)
+DETECTION_AUGMENTS = ("none", "ssd", "default", "orientation", "")  # kft.tasks.detection._augment ("" = none)
+BATCH_AUGMENTS = ("none", "cutmix", "mosaic")  # kft.data.detection_augment.BATCH_AUGMENTS
 CLS_LOSSES = ("ce", "focal")  # kft.losses.ssd_multibox_loss
 BOX_LOSSES = ("smooth_l1", "giou")
 HEADS = ("linear", "mlp")  # kft.models.heads.classification.classification_head
@@ -246,6 +247,7 @@ RULES: dict[str, Any] = {
     "data.resize": OneOf(RESIZE_MODES),
     "data.max_instances": AT_LEAST_1,
     "data.detection_augment": OneOf(DETECTION_AUGMENTS),
+    "data.batch_augment": OneOf(BATCH_AUGMENTS),
     # model
     "model.arch": ByTask({"classification": OneOf(("",) + tuple(RESNET_STAGES)),
                           "detection": OneOf(SSD_ARCHS + FRCNN_ARCHS)}),
@@ -334,6 +336,7 @@ TASK_ONLY: dict[str, frozenset[str]] = {
         "data.generate_num_train", "data.generate_num_val", "data.format", "data.val_root",
         "data.image_dir",
         "data.class_names", "data.resize", "data.max_instances", "data.detection_augment",
+        "data.batch_augment",
         "model.backbone_weights", "model.width_multiplier",
         "model.ssd.sizes", "model.ssd.aspect_ratios", "model.ssd.steps",
         "model.ssd.iou_threshold", "model.ssd.neg_pos_ratio",

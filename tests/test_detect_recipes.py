@@ -183,3 +183,35 @@ def test_quickstart_frcnn_recipe_on_a_coco_folder_with_int8(layouts, tmp_path):
     for a, b in zip(keras_dets, tflite_dets, strict=True):
         assert a["class"] == b["class"] and abs(a["score"] - b["score"]) <= 2e-3
         assert max(abs(u - v) for u, v in zip(a["box"], b["box"], strict=True)) <= 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["fasterrcnn_r50fpn_coco_finetune", "fasterrcnn_traffic_signs",
+                                  "fasterrcnn_defects"])
+def test_fasterrcnn_guide_recipes(name, layouts, tmp_path):
+    """R2 from COCO weights, R3 (anchors fitted to the data, no flips) and R4 (8 px anchors,
+    512 head, CutMix) at the CPU-sized canvas, float32 export."""
+    extra = [*FRCNN_SMALL, "model.preset=", "train.mixed_precision=",
+             "train.early_stopping_patience=0", "export.quantize=float32"]
+    if name == "fasterrcnn_r50fpn_coco_finetune":
+        # a stand-in for `kft convert torchvision` output: an R50-FPN Faster R-CNN .keras of
+        # 90 classes (COCO's), so the box predictor is a shape mismatch and starts new
+        from kft.tasks.detection import build_detector
+
+        base = cfg.apply_overrides(cfg.load_recipe(f"recipes/{name}.py"), FRCNN_SMALL)
+        source = build_detector(base.model, base.train, base.eval, 90, 96, base.data)
+        source.save(tmp_path / "coco_frcnn.keras")
+        extra.append(f"model.load_from={tmp_path / 'coco_frcnn.keras'}")
+    _, recipe = _run(f"recipes/{name}.py", layouts["coco"], tmp_path / "run", extra)
+    _check_run(tmp_path / "run", recipe)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    if name == "fasterrcnn_r50fpn_coco_finetune":
+        report = json.loads((tmp_path / "run" / "load_report.json").read_text())
+        assert {m["path"].split("/")[0] for m in report["shape_mismatch"]} == {"box_predictor"}
+        assert len(report["loaded"]) > 300
+    if name == "fasterrcnn_traffic_signs":
+        fitted = config["resolved"]["model.frcnn.anchor_sizes"]
+        assert len(fitted["to"]) == 5 and "training boxes" in fitted["why"]
+    if name == "fasterrcnn_defects":
+        assert config["data"]["batch_augment"] == "cutmix"
+        assert config["model"]["frcnn"]["anchor_sizes"][0] == [8]

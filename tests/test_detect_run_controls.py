@@ -226,3 +226,29 @@ def test_fitted_anchor_sizes_reach_the_model_and_config(shapes, tmp_path):
 
         validate_recipe(cfg.apply_overrides(
             recipe, ["model.frcnn.anchor_sizes=[[8], [16], [32], [64]]"]))
+
+
+def test_cutmix_reaches_the_training_batches(shapes, tmp_path):
+    """data.batch_augment=cutmix (R4): the task's training batches carry pasted rectangles
+    and their boxes; evaluation batches are never mixed."""
+    from kft.tasks.detection import DetectionTask
+
+    task = DetectionTask()
+
+    def first_epoch(batch_augment):
+        recipe = _recipe(shapes, **{"data.batch_augment": batch_augment, "train.epochs": 1})
+        data = task.read(recipe, tmp_path / batch_augment, "train")
+        return [(np.asarray(x), {k: np.asarray(v) for k, v in y.items()})
+                for x, y in task.train_batches(data, recipe, 0).dataset]
+
+    plain, mixed = first_epoch("none"), first_epoch("cutmix")
+    assert len(plain) == len(mixed) == 3                            # ceil(21 / 8)
+    changed = sum(int(np.any(a[0][i] != b[0][i])) for a, b in zip(plain, mixed, strict=True)
+                  for i in range(len(a[0])))
+    assert 0 < changed < 24                                         # p = 0.5 per image
+    more = sum(int((b[1]["labels"] >= 0).sum() > (a[1]["labels"] >= 0).sum())
+               for a, b in zip(plain, mixed, strict=True))
+    assert more >= 1                                                # pasted boxes join
+    for _, y in mixed:                                              # boxes stay in the image
+        valid = y["labels"] >= 0
+        assert (y["boxes"][valid] >= 0).all() and (y["boxes"][valid] <= 64).all()

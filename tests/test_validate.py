@@ -256,6 +256,9 @@ def test_choice_lists_match_the_code_constants():
     assert tuple(RESIZE_MODES) == v.RESIZE_MODES
     assert tuple(LOG_KEYS) == v.DETECTION_LOG_KEYS
     assert tuple(VOC_LOG_KEYS) == v.VOC_LOG_KEYS
+    from kft.data.detection_augment import BATCH_AUGMENTS
+
+    assert tuple(BATCH_AUGMENTS) == v.BATCH_AUGMENTS
     assert cfg.Train().weight_decay_mode in v.WEIGHT_DECAY_MODES
 
 
@@ -282,6 +285,13 @@ def test_every_choice_is_accepted_by_its_consumer_and_others_are_not():
         _augment(name, seed=0)
     with pytest.raises(cfg.ConfigError):
         _augment("ssd_lite", seed=0)
+    from kft.tasks.detection import _batch_augment
+
+    assert _batch_augment("none", 0) is None
+    assert [type(_batch_augment(n, 0)).__name__ for n in v.BATCH_AUGMENTS[1:]] == [
+        "DetectionCutMix", "DetectionMosaic"]
+    with pytest.raises(cfg.ConfigError, match="data.batch_augment='mixup'"):
+        _batch_augment("mixup", seed=0)
     features = keras.Input((2, 2, 4))
     for head in v.HEADS:
         classification_head(features, 3, head)

@@ -907,8 +907,31 @@ def default_detection_augment(seed=None) -> DetectionAugment:
     return DetectionAugment(seed=seed, name="detection_augment")
 
 
+def orientation_detection_augment(seed=None) -> DetectionAugment:
+    """D3 without the horizontal flip, for objects a mirror changes (traffic signs with
+    arrows, text, left / right parts): rotate +-15 degrees, hue / saturation, blur."""
+    return DetectionAugment(flip=0.0, seed=seed, name="detection_augment_orientation")
+
+
 # The augmentation presets by name (``data.detection_augment``, ``kft data browse --augment``).
-DETECTION_AUGMENTS = {"none": None, "ssd": ssd_augment, "default": default_detection_augment}
+DETECTION_AUGMENTS = {"none": None, "ssd": ssd_augment, "default": default_detection_augment,
+                      "orientation": orientation_detection_augment}
+
+
+# Batch presets by name (``data.batch_augment``): applied to each padded training batch.
+BATCH_AUGMENTS = {
+    "none": None,
+    "cutmix": lambda seed=None: DetectionCutMix(p=0.5, seed=seed, name="cutmix"),
+    "mosaic": lambda seed=None: DetectionMosaic(p=0.5, seed=seed, name="mosaic"),
+}
+
+
+def batch_augment_by_name(name: str, seed=None) -> _DetectionLayer | None:
+    """The batch preset ``name`` of ``BATCH_AUGMENTS`` (``"none"``: None)."""
+    if name not in BATCH_AUGMENTS:
+        raise ValueError(f"batch_augment={name!r} must be one of {list(BATCH_AUGMENTS)}")
+    build = BATCH_AUGMENTS[name]
+    return None if build is None else build(seed=seed)
 
 
 def detection_augment_by_name(name: str, seed=None) -> DetectionAugment | None:

@@ -10,7 +10,7 @@ import numpy as np
 
 from kft import config as cfg
 from kft.data import DataReport, detection_batches
-from kft.data.detection_augment import detection_augment_by_name
+from kft.data.detection_augment import batch_augment_by_name, detection_augment_by_name
 from kft.data.readers.detection import align_classes
 from kft.data.readers.formats import DETECTION_FORMATS, read_detection
 from kft.data.shapes import SHAPE_CLASSES, make_shapes_detection
@@ -312,6 +312,13 @@ def _augment(name: str, seed: int):
         raise cfg.ConfigError(f"data.{e}") from None
 
 
+def _batch_augment(name: str, seed: int):
+    try:
+        return batch_augment_by_name(name, seed=seed)
+    except ValueError as e:
+        raise cfg.ConfigError(f"data.{e}") from None
+
+
 DRY_RUN_IMAGES = 3  # batches of 2: one full, one partial (the shapes a real split gives)
 
 
@@ -463,6 +470,7 @@ class DetectionTask(Task):
         d, t = recipe.data, recipe.train
         return _batches(data.train, recipe, batch_size=t.batch_size, training=True,
                         with_meta=False, augment=_augment(d.detection_augment, t.seed),
+                        batch_augment=_batch_augment(d.batch_augment, t.seed),
                         cache=d.cache, epochs=t.epochs,
                         initial_epoch=min(initial_epoch, t.epochs - 1))
 
