@@ -40,7 +40,9 @@ def _recipe(root, fmt, train_split, val_split, **extra):
     return cfg.apply_overrides(recipe, [f"{k}={v}" for k, v in extra.items()])
 
 
-@pytest.fixture(scope="module", params=sorted(SPLITS))
+# the COCO run is in the slow tier: the COCO reader is run by the quick-start FRCNN recipe test
+# (tests/test_detect_recipes.py) and the layout tests
+@pytest.fixture(scope="module", params=[pytest.param("coco", marks=pytest.mark.slow), "voc"])
 def finished_run(request, shapes, tmp_path_factory):
     fmt = request.param
     run = tmp_path_factory.mktemp(f"run_{fmt}") / "run"

@@ -109,6 +109,8 @@ def test_ssd512_voc_recipe(small_voc, tmp_path):
     _check_run(tmp_path / "run", recipe, num_val=7)
 
 
+# slow tier: SSD's end-to-end run in the default tier is tests/test_detect_e2e.py (VOC)
+@pytest.mark.slow
 def test_ssdlite_mobilenet_v3_voc_recipe_with_int8(layouts, tmp_path):
     # (SSDLite-MobileNetV2 is the quick start's architecture, below)
     _, recipe = _run("recipes/ssdlite_mobilenet_voc.py", layouts["voc"], tmp_path / "run",
@@ -116,6 +118,9 @@ def test_ssdlite_mobilenet_v3_voc_recipe_with_int8(layouts, tmp_path):
     _check_run(tmp_path / "run", recipe)
 
 
+# slow tier: SSD's default-tier run is tests/test_detect_e2e.py; INT8 parity on a trained SSD
+# is tests/export/test_detection_export.py
+@pytest.mark.slow
 def test_quickstart_recipe_on_a_coco_folder(layouts, tmp_path):
     # 37 train images: the quick start's batch of 32 leaves 5 over; 19 val images in batches
     # of 50 are one partial batch

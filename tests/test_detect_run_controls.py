@@ -134,6 +134,8 @@ def test_trainable_stages_and_layer_lrs_on_detector_backbones(shapes):
         stage_lr_multipliers(vgg, {"layer4": 0.01}, 0.1)
 
 
+# slow tier (~65 s); the hold-out itself is checked in tests/test_detect_e2e.py
+@pytest.mark.slow
 def test_early_stopping_selects_on_a_train_holdout(shapes, tmp_path):
     summary = run_recipe(_recipe(shapes, **{"train.early_stopping_patience": 2,
                                             "data.val_fraction": 0.2}),

@@ -69,20 +69,48 @@ def test_kft_data_check_passes_with_the_root_and_a_split_key(layouts, layout, tm
     assert all(name in text for name in CLASSES)
 
 
-@pytest.mark.parametrize("layout", ["voc", "cvat", "roboflow", "yolo"])
-def test_trains_with_ssd_voc_recipe_and_one_split_key(layouts, layout, tmp_path, capsys):
+def _recipe(layouts, layout):
     recipe = cfg.load_recipe(REPO / "recipes" / "ssd_voc.py")
-    recipe = cfg.apply_overrides(recipe, [
+    return cfg.apply_overrides(recipe, [
         f"data.root={layouts[layout]}", f"data.splits={SPLIT_KEY[layout]}",
         # reduced settings for this machine (the layout keys above are all a user sets)
         "model.arch=ssdlite_mobilenet_v2", "model.width_multiplier=0.35",
         "data.image_size=96", "train.epochs=1", "train.batch_size=4",
         "train.warmup_epochs=0", "train.milestones=", "eval.every=1", "eval.batch_size=4",
         "data.max_instances=8", "export.enabled=false", "eval.plots=false"])
+
+
+FORMAT = {"voc": "voc", "cvat": "coco", "roboflow": "coco", "yolo": "yolo"}
+
+
+@pytest.mark.parametrize("layout", ["voc", "cvat", "roboflow", "yolo"])
+def test_the_runner_reads_each_layout_with_one_split_key(layouts, layout, tmp_path, capsys):
+    """What the run reads before training, for every layout (training itself: below)."""
+    from kft.tasks.detection import DetectionTask
+
+    data = DetectionTask().read(_recipe(layouts, layout), tmp_path, "train")
+    out = capsys.readouterr().out
+    resolved = {c.key: c for c in data.resolved}
+    assert resolved["data.format"].new == FORMAT[layout]
+    assert sorted(data.class_names) == sorted(CLASSES)
+    assert data.num_train == 13 and data.num_val == 7 and data.report["num_skipped"] == 0
+    assert data.train.num_objects == sum(len(r.boxes) for r in data.train.records) > 13
+    if layout == "voc":
+        assert "inferred" in resolved["data.class_names"].reason
+    if layout in ("cvat", "roboflow"):
+        assert "images" in out  # the layout note says where the images were found
+
+
+# training on one layout in the default tier; the reading of the other three is checked above
+@pytest.mark.parametrize("layout", ["voc", pytest.param("cvat", marks=pytest.mark.slow),
+                                    pytest.param("roboflow", marks=pytest.mark.slow),
+                                    pytest.param("yolo", marks=pytest.mark.slow)])
+def test_trains_with_ssd_voc_recipe_and_one_split_key(layouts, layout, tmp_path, capsys):
+    recipe = _recipe(layouts, layout)
     summary = run_recipe(recipe, tmp_path / "run", verbose=0)
     out = capsys.readouterr().out
     config = json.loads((tmp_path / "run" / "config.json").read_text())
-    fmt = {"voc": "voc", "cvat": "coco", "roboflow": "coco", "yolo": "yolo"}[layout]
+    fmt = FORMAT[layout]
     assert config["resolved"]["data.format"]["to"] == fmt
     assert json.loads((tmp_path / "run" / "class_names.json").read_text()) == sorted(CLASSES) \
         or json.loads((tmp_path / "run" / "class_names.json").read_text()) == list(CLASSES)

@@ -96,6 +96,8 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(shapes, tmp_path, kft_
     assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3", "4"]  # as on screen
 
 
+# slow tier (accuracy acceptance, ~90 s); the default tier runs and resumes a classification run
+@pytest.mark.slow
 def test_pretrained_on_other_classes_beats_scratch(tmp_path):
     """Fine-tuning from a checkpoint trained on other classes beats training from scratch when
     the target task has few images per class."""
@@ -121,6 +123,8 @@ def test_pretrained_on_other_classes_beats_scratch(tmp_path):
     assert tuned >= scratch + 0.2, (tuned, scratch)
 
 
+# slow tier (accuracy acceptance, ~90 s); INT8 export itself: tests/export/test_tflite.py
+@pytest.mark.slow
 def test_quickstart_recipe_int8_within_one_point(tmp_path):
     """The README's quick start: generated data, whole run dir, INT8 within 1 point of Keras."""
     recipe = cfg.load_recipe(REPO / "recipes" / "quickstart_classify.py")

@@ -62,6 +62,36 @@ def shapes_split(tmp_path_factory):
     return read_coco(root / "COCO", "train")
 
 
+def test_loss_falls_on_one_batch_and_the_boxes_follow(shapes_split):
+    """The default tier's SSD learning check (the AP overfit run below is in the slow tier):
+    20 steps on one batch of 8 images cut the loss below half, and the top detection of
+    each image moves onto one of its objects."""
+    split = shapes_split
+    model = _ssd(num_classes=len(split.class_names))
+    for layer in model._flatten_layers():
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = 0.5                 # inference statistics follow 20 steps
+    batch = next(iter(detection_batches(split, image_size=128, batch_size=8, max_instances=4,
+                                        training=True, seed=0, epochs=1).dataset))
+    images, targets = batch
+    model.compile(keras.optimizers.Adam(3e-3), jit_compile=False)
+    loss = model.fit(images, targets, batch_size=8, epochs=20, verbose=0,
+                     shuffle=False).history["loss"]
+    assert loss[-1] < 0.5 * loss[0], loss
+    from kft.ops.boxes import pairwise_iou
+
+    det = model.predict_on_batch(images)
+    hits = 0
+    for i in range(8):
+        valid = np.asarray(targets["labels"][i]) >= 0
+        iou = keras.ops.convert_to_numpy(pairwise_iou(det["boxes"][i, :1],
+                                                      targets["boxes"][i][valid]))
+        hits += int(iou.max() >= 0.5)
+    assert hits >= 6, hits
+
+
+# slow tier (~130 s); the default tier's SSD learning check is the one-batch test above
+@pytest.mark.slow
 def test_overfits_a_few_images_to_high_ap(shapes_split):
     split = shapes_split
     model = _ssd(num_classes=len(split.class_names))

@@ -205,6 +205,8 @@ def test_bad_arguments_are_one_line_errors(folder, tmp_path):
 # --- a detector -----------------------------------------------------------------------------
 
 
+# slow tier (~30 s): the classification range test covers the code path
+@pytest.mark.slow
 def test_a_detector_recipe_runs_through_it(tmp_path):
     from kft.data import make_shapes_detection
 
