@@ -5,6 +5,16 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Under pytest-xdist (two workers on CI's two cores) each worker runs TensorFlow on one
+    # intra-op thread: two processes that each size their pools for every core thrash (two
+    # workers with TensorFlow's default pools took 1782 s against 1212 s serial), and most of
+    # the suite's time is single-threaded Python (tracing train steps, TFLite conversion).
+    import tensorflow as tf  # noqa: E402
+
+    tf.config.threading.set_intra_op_parallelism_threads(1)
+    tf.config.threading.set_inter_op_parallelism_threads(2)
+
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

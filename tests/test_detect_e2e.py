@@ -79,7 +79,7 @@ def test_detection_run_refuses_unknown_arch_and_no_objects(shapes, tmp_path):
 
 
 @pytest.mark.parametrize("finished_run", ["voc"], indirect=True)
-def test_cli_eval_export_predict_on_a_detection_run(finished_run, shapes, tmp_path):
+def test_cli_eval_and_predict_on_a_detection_run(finished_run, shapes, tmp_path):
     _, run, _ = finished_run
     runner = CliRunner()
     result = runner.invoke(kft_main, ["eval", str(run)])
@@ -89,14 +89,6 @@ def test_cli_eval_export_predict_on_a_detection_run(finished_run, shapes, tmp_pa
     first = json.loads((run / "metrics.json").read_text())
     assert again["bbox_AP50"] == pytest.approx(first["bbox_AP50"])
     assert again["num_images"] == first["num_images"] == 5
-
-    result = runner.invoke(kft_main, ["export", str(run), "--formats", "float32",
-                                      "--samples", "4", "--output", str(tmp_path / "exp")])
-    assert result.exit_code == 0, result.output
-    report = json.loads((tmp_path / "exp" / "report.json").read_text())
-    assert (tmp_path / "exp" / "model_float32.tflite").is_file()
-    assert report["float32"]["bbox_AP50"] == pytest.approx(report["keras"]["bbox_AP50"],
-                                                           abs=1e-3)
 
     # predict on a .keras file; a copy whose decoder keeps every box (the 2-epoch model scores
     # nothing above 0.01) so there is something to compare with a direct model.detect
@@ -117,6 +109,21 @@ def test_cli_eval_export_predict_on_a_detection_run(finished_run, shapes, tmp_pa
     np.testing.assert_allclose([d["box"] for d in detections], expected, atol=0.06)
     assert [d["label"] for d in detections] == list(np.asarray(direct["labels"][0]))
     assert {d["class"] for d in detections} <= set(SHAPE_CLASSES[:5])
+
+
+# slow tier (~60 s: a SavedModel and a conversion): the default tier exports detectors in the
+# quick-start FRCNN recipe test and in tests/export/
+@pytest.mark.slow
+@pytest.mark.parametrize("finished_run", ["voc"], indirect=True)
+def test_cli_export_of_a_detection_run(finished_run, tmp_path):
+    _, run, _ = finished_run
+    result = CliRunner().invoke(kft_main, ["export", str(run), "--formats", "float32",
+                                           "--samples", "4", "--output", str(tmp_path / "exp")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "exp" / "report.json").read_text())
+    assert (tmp_path / "exp" / "model_float32.tflite").is_file()
+    assert report["float32"]["bbox_AP50"] == pytest.approx(report["keras"]["bbox_AP50"],
+                                                           abs=1e-3)
 
 
 def test_cli_eval_of_a_detector_file_without_format_fails_clearly(shapes, tmp_path):

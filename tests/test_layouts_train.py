@@ -101,10 +101,10 @@ def test_the_runner_reads_each_layout_with_one_split_key(layouts, layout, tmp_pa
         assert "images" in out  # the layout note says where the images were found
 
 
-# training on one layout in the default tier; the reading of the other three is checked above
-@pytest.mark.parametrize("layout", ["voc", pytest.param("cvat", marks=pytest.mark.slow),
-                                    pytest.param("roboflow", marks=pytest.mark.slow),
-                                    pytest.param("yolo", marks=pytest.mark.slow)])
+# slow tier: what the runner reads is checked above for every layout, and the default tier's
+# SSD run (tests/test_detect_e2e.py) trains what it reads
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["voc", "cvat", "roboflow", "yolo"])
 def test_trains_with_ssd_voc_recipe_and_one_split_key(layouts, layout, tmp_path, capsys):
     recipe = _recipe(layouts, layout)
     summary = run_recipe(recipe, tmp_path / "run", verbose=0)
