@@ -410,21 +410,8 @@ def fit_rcnn_anchor_sizes(boxes, image_size, feature_shapes: Sequence,
     # at a time, so the start decides which levels the small boxes go to
     ladders = [tuple(max(float(s0) * 2 ** k, floor[k]) for k in range(len(shapes)))
                for s0 in np.quantile(side, [0.05, 0.15, 0.3, 0.5])]
-    sizes = list(max([baseline, tuple(start), *ladders], key=score))
-    best = score(sizes)
-    for factor in _FIT_SIZE_STEPS:
-        for _ in range(_FIT_MAX_SWEEPS):
-            improved = False
-            for i in range(len(sizes)):
-                for f in (factor, 1.0 / factor):
-                    trial = sizes[:i] + [sizes[i] * f] + sizes[i + 1:]
-                    if trial[i] < floor[i] or any(a > b for a, b in itertools.pairwise(trial)):
-                        continue
-                    trial_score = score(trial)
-                    if trial_score > best:
-                        sizes, best, improved = trial, trial_score, True
-            if not improved:
-                break
+    sizes = search_sizes(max([baseline, tuple(start), *ladders], key=score), score,
+                         floor=floor)
     rounded = []
     for s in sizes:
         rounded.append(max(float(round(s)), rounded[-1] if rounded else 1.0))
@@ -509,22 +496,30 @@ class _CoverageFit:
 
     def fit_sizes(self, sizes, ratios) -> tuple:
         """Coordinate search over the ``K + 1`` sizes, keeping them non-decreasing."""
-        sizes = list(sizes)
-        best = self.score(sizes, ratios)
-        for factor in _FIT_SIZE_STEPS:
-            for _ in range(_FIT_MAX_SWEEPS):
-                improved = False
-                for i in range(len(sizes)):
-                    for f in (factor, 1.0 / factor):
-                        trial = sizes[:i] + [sizes[i] * f] + sizes[i + 1:]
-                        if any(a > b for a, b in itertools.pairwise(trial)):
-                            continue
-                        score = self.score(trial, ratios)
-                        if score > best:
-                            sizes, best, improved = trial, score, True
-                if not improved:
-                    break
-        return tuple(sizes)
+        return search_sizes(sizes, lambda trial: self.score(trial, ratios))
+
+
+def search_sizes(sizes, score, floor=None) -> tuple:
+    """Coordinate search: each size in turn is multiplied or divided by 1.25, then 1.1
+    (:data:`_FIT_SIZE_STEPS`, up to :data:`_FIT_MAX_SWEEPS` sweeps each) while ``score(sizes)``
+    (compared as a tuple) rises; sizes stay non-decreasing and at least ``floor[i]``."""
+    sizes = [float(v) for v in sizes]
+    floor = floor or [0.0] * len(sizes)
+    best = score(sizes)
+    for factor in _FIT_SIZE_STEPS:
+        for _ in range(_FIT_MAX_SWEEPS):
+            improved = False
+            for i in range(len(sizes)):
+                for f in (factor, 1.0 / factor):
+                    trial = sizes[:i] + [sizes[i] * f] + sizes[i + 1:]
+                    if trial[i] < floor[i] or any(a > b for a, b in itertools.pairwise(trial)):
+                        continue
+                    trial_score = score(trial)
+                    if trial_score > best:
+                        sizes, best, improved = trial, trial_score, True
+            if not improved:
+                break
+    return tuple(sizes)
 
 
 def _np_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
