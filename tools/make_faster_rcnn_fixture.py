@@ -37,10 +37,10 @@ seeded = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(seeded)
 
 ARCHS = ("fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2",
-         "fasterrcnn_mobilenet_v3_large_fpn")
+         "fasterrcnn_mobilenet_v3_large_fpn", "fasterrcnn_resnext101_32x8d_fpn")
 NUM_CLASSES = 4                          # torchvision's count: background + 3 classes
 SIZE = {"fasterrcnn_resnet50_fpn": 160, "fasterrcnn_resnet50_fpn_v2": 160,
-        "fasterrcnn_mobilenet_v3_large_fpn": 256}
+        "fasterrcnn_mobilenet_v3_large_fpn": 256, "fasterrcnn_resnext101_32x8d_fpn": 160}
 # std of each weight = gain / sqrt(fan_in) (seeded_state_dict). With gain 1 the ResNet-50 FPN
 # features stay O(1) on the photos (std 1.2 after layer1, 2.7 after layer4, 5.5 after the FPN)
 # and the top class scores spread over 0.8 .. 0.9. MobileNetV3's activations decay with gain 1
@@ -57,6 +57,12 @@ COMMON_GAINS = {
 GAINS = {
     "fasterrcnn_resnet50_fpn": COMMON_GAINS,
     "fasterrcnn_resnet50_fpn_v2": COMMON_GAINS,
+    # ResNeXt-101's 33 blocks grow the residual sums (gain 1: objectness logits saturate,
+    # 64 proposals survive NMS, top scores 1.0): each block's last 1x1 conv at 0.5, as in
+    # tools/make_resnet_fpn_fixture.py
+    "fasterrcnn_resnext101_32x8d_fpn": {
+        **COMMON_GAINS, **{f"backbone.body.layer{s + 1}.{b}.conv3.": 0.5
+                           for s, n in enumerate((3, 4, 23, 3)) for b in range(n)}},
     "fasterrcnn_mobilenet_v3_large_fpn": {**COMMON_GAINS, "backbone.body.": 1.2,
                                           "roi_heads.box_predictor.cls_score": 4.0,
                                           "rpn.head.cls_logits": 4.0},
@@ -78,8 +84,19 @@ def photos(size: int) -> np.ndarray:
 
 
 def build(arch: str, size: int):
-    model = getattr(detection, arch)(weights=None, weights_backbone=None,
-                                     num_classes=NUM_CLASSES, min_size=size, max_size=size)
+    if arch == "fasterrcnn_resnext101_32x8d_fpn":
+        # torchvision has no builder for it: the FPN backbone its detection module makes for
+        # any ResNet name (FrozenBatchNorm2d, layer1-4, LastLevelMaxPool) in a FasterRCNN
+        from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+
+        backbone = resnet_fpn_backbone(backbone_name="resnext101_32x8d", weights=None,
+                                       trainable_layers=3)
+        model = detection.FasterRCNN(backbone, num_classes=NUM_CLASSES, min_size=size,
+                                     max_size=size)
+    else:
+        model = getattr(detection, arch)(weights=None, weights_backbone=None,
+                                         num_classes=NUM_CLASSES, min_size=size,
+                                         max_size=size)
     return model.eval()
 
 

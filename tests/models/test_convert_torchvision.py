@@ -26,7 +26,7 @@ from kft.models.faster_rcnn import FasterRCNN
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures"
 ARCHS = ("fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2",
-         "fasterrcnn_mobilenet_v3_large_fpn")
+         "fasterrcnn_mobilenet_v3_large_fpn", "fasterrcnn_resnext101_32x8d_fpn")
 
 
 def fixture_state_dict(arch):
@@ -55,14 +55,20 @@ def test_converted_model_gives_torchvisions_proposals_and_detections(arch):
     raw = model(images)
     det = {k: np.asarray(v) for k, v in model.detect(images).items()}
     for i in range(len(images)):
-        # proposals: the same boxes in the same (score) order
+        # proposals: the same boxes in the same (score) order, each at most 3 places from
+        # torchvision's: a near-tie at NMS's 0.7 can keep one box on one side only and shift
+        # the rest by one (ResNeXt-101, image 0: from place 95 on, every box one place off)
         n = int(f["num_proposals"][i])
         valid = np.asarray(raw["proposal_valid"][i])
         assert int(valid.sum()) == n
         ours = np.asarray(raw["proposals"][i])[:n]
         theirs = f["proposals"][i, :n]
-        close = np.abs(ours - theirs).max(axis=1) <= 1.0
-        assert close.mean() >= 0.99, (i, close.mean())
+        near = np.zeros(n, bool)
+        for shift in range(-3, 4):
+            lo, hi = max(0, shift), min(n, n + shift)
+            near[lo - shift:hi - shift] |= np.abs(ours[lo - shift:hi - shift]
+                                                  - theirs[lo:hi]).max(axis=1) <= 1.0
+        assert near.mean() >= 0.99, (i, near.mean())
         # detections: every torchvision detection clear of the last kept score (ties at the
         # cut of 100 may go either way) is a kft detection with the same label, box within
         # 1 px, score within 1e-3; and the counts agree
