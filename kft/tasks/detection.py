@@ -198,18 +198,16 @@ def fit_anchor_sizes(split, recipe: cfg.Recipe):
     d, f = recipe.data, recipe.model.frcnn
     args = image_args(d, recipe.model.arch)
     canvas = args.get("pad_size") or (d.image_size, d.image_size)
+    from kft.data.detection_pipeline import _resized_hw, resize_spec
+
+    spec = resize_spec(args["image_size"], args["resize"], args.get("pad_size"))
     boxes = []
     for record in split.records:
         keep = record.iscrowd == 0 if len(record.iscrowd) else slice(None)
         b = np.asarray(record.boxes, np.float64).reshape(-1, 4)[keep]
-        if args["resize"] == "keep_aspect":
-            short, long = args["image_size"]
-            scale = min(short / min(record.height, record.width),
-                        long / max(record.height, record.width))
-            b = b * scale
-        else:
-            b = b * np.array([canvas[1] / record.width, canvas[0] / record.height] * 2)
-        boxes.append(b)
+        # the pipeline's own resize (rounding, the canvas cap), per axis
+        h, w = np.asarray(_resized_hw((record.height, record.width), spec), np.float64)
+        boxes.append(b * np.array([w / record.width, h / record.height] * 2))
     boxes = np.concatenate(boxes) if boxes else np.zeros((0, 4))
     if not len(boxes):
         raise cfg.ConfigError("model.frcnn.fit_anchors=True: the training split has no boxes "
