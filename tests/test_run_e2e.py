@@ -49,6 +49,11 @@ def test_run_writes_the_whole_run_directory(shapes, tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     assert set(metrics["per_class"]) == {"circle", "square", "triangle"}
     assert summary["metrics"]["accuracy"] == metrics["accuracy"]
+    # where the run's time went, phase by phase, adding up to the whole run
+    phases = summary["phases"]
+    assert list(phases) == ["data and model", "training", "evaluation", "plots", "export"]
+    assert all(v >= 0 for v in phases.values()) and phases["training"] > 0
+    assert abs(sum(phases.values()) - summary["seconds"]) < 0.5
     assert json.loads((run / "config.json").read_text())["train"]["epochs"] == 2
     # A second run into the same directory without --resume is refused.
     with pytest.raises(cfg.ConfigError, match="--resume"):

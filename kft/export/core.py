@@ -4,13 +4,14 @@ per TFLite format, and a timed batch-1 interpreter runner.
 Route (TF 2.21 + Keras 3; works for functional models and ``keras.Model`` subclasses, including
 ones wrapping keras-hub backbones):
 
-1. ``keras.export.ExportArchive`` tracks the model and gets one ``serve`` endpoint (a function
-   of one image tensor ``[1, H, W, 3]``) traced with ``training=False`` semantics; the archive is
-   written as a TF SavedModel into a temporary folder (:func:`write_saved_model`). A model built
+1. ``keras.export.ExportArchive`` tracks the model and gets a ``serve`` endpoint (a function
+   of one image tensor ``[1, H, W, 3]``) per input dtype the formats need (float32; uint8 for
+   a detector's int8 file), traced with ``training=False`` semantics; the archive is
+   written once as a TF SavedModel into a temporary folder (:func:`write_saved_model`). A model built
    under a mixed-precision policy is traced with float32 compute (:func:`float32_compute`):
    its variables are float32 already, and TFLite builtins have no float16 kernels.
-2. ``tf.lite.TFLiteConverter.from_saved_model`` converts that SavedModel once per format
-   (:func:`convert`).
+2. ``tf.lite.TFLiteConverter.from_saved_model`` converts one endpoint of that SavedModel per
+   format (:func:`convert`).
 
 (``from_concrete_functions`` on a ``tf.function`` around a Keras 3 model is not used: it leaves
 the Keras variables as uninitialised resource variables and the model outputs NaN.) The batch
@@ -27,9 +28,9 @@ Formats:
     instead of silently keeping float ops; the input becomes ``uint8`` (scale / zero point
     from the calibration range) and the output float32 through a final DEQUANTIZE.
   - ``keep_float="decoder"`` (detectors): every op is int8 except the tensors whose names hold
-    that scope, which stay float32 by selective quantisation (``QuantizationDebugger``
-    denylist): TFLite's NMS has no integer kernel, and 8-bit box decoding costs AP. The
-    SavedModel for this variant takes ``uint8`` pixels itself (its serve function casts them).
+    that scope, which stay float32 by selective quantisation (a denylist, as
+    ``QuantizationDebugger`` applies it): TFLite's NMS has no integer kernel, and 8-bit box decoding costs AP. The
+    endpoint for this variant takes ``uint8`` pixels itself (its serve function casts them).
     ``keep_float`` may also be a predicate on tensor names (two-stage detectors keep
     everything float but the network layers' scopes, :mod:`kft.export.detection`).
 
@@ -156,27 +157,46 @@ def warn_if_narrow_range(images: list[np.ndarray]) -> None:
 
 
 def write_saved_model(model: keras.Model, directory: str, serve: Callable,
-                      image_shape: tuple, input_dtype=tf.float32) -> None:
-    """Writes a SavedModel with one ``serve`` endpoint ``images [1, H, W, 3] input_dtype ->
-    serve(images)``, traced with float32 compute (:func:`float32_compute`)."""
+                      image_shape: tuple, input_dtypes=(tf.float32,)) -> dict[str, str]:
+    """Writes one SavedModel with a ``serve`` endpoint per input dtype, ``images [1, H, W, 3]
+    dtype -> serve(images)``, traced with float32 compute (:func:`float32_compute`).
+
+    One archive holds every variant, so the variables are written once. Returns ``{dtype name:
+    signature key}``: the first dtype's endpoint is the SavedModel's ``serving_default``, the
+    others are ``serve_<dtype>`` (the signature key a TFLite file converted from it keeps).
+    """
     archive = keras.export.ExportArchive()
     archive.track(model)
-    spec = tf.TensorSpec((1, *image_shape), input_dtype, name="images")
+    keys = {}
     with float32_compute(model):
-        archive.add_endpoint("serve", serve, input_signature=[spec])
+        for i, dtype in enumerate(input_dtypes):
+            name = tf.as_dtype(dtype).name
+            endpoint = "serve" if i == 0 else f"serve_{name}"
+            spec = tf.TensorSpec((1, *image_shape), dtype, name="images")
+            archive.add_endpoint(endpoint, serve, input_signature=[spec])
+            keys[name] = "serving_default" if i == 0 else endpoint
         archive.write_out(directory, verbose=False)
+    return keys
 
 
 def convert(saved_model_dir: str, fmt: str, calibration: Sequence[np.ndarray] = (),
-            keep_float: str | Callable[[str], bool] | None = None) -> bytes:
-    """One TFLite flatbuffer of ``fmt`` from a SavedModel (see the module docstring).
+            keep_float: str | Callable[[str], bool] | None = None,
+            signature_key: str = "serving_default") -> bytes:
+    """One TFLite flatbuffer of ``fmt`` from a SavedModel's ``signature_key`` endpoint (see the
+    module docstring).
 
-    ``calibration``: single images ``[1, H, W, 3]`` in the SavedModel's input dtype (int8 only).
+    ``calibration``: single images ``[1, H, W, 3]`` in the endpoint's input dtype (int8 only).
     ``keep_float``: int8 only; the tensors kept in float32 (selective quantisation): a
-    tensor-name scope (names holding it), or a predicate on the tensor names of the float
-    conversion (:func:`float_tensor_names`).
+    tensor-name scope (names holding it), or a predicate on tensor names.
+
+    Selective quantisation runs the two steps TF's ``QuantizationDebugger`` runs for a
+    denylist, without its debug model: a calibrate-only conversion (float ops annotated with
+    the calibration ranges), whose tensor names are the ones the denylist refers to, then the
+    MLIR quantiser with the kept names and :data:`FLOAT_OPS` denylisted. The file is the one
+    ``QuantizationDebugger(...).get_nondebug_quantized_model()`` returns, in one conversion
+    instead of three (calibration, the debug model, and a float conversion for the names).
     """
-    converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
+    converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, [signature_key])
     if fmt == "float32":
         return converter.convert()
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -194,25 +214,27 @@ def convert(saved_model_dir: str, fmt: str, calibration: Sequence[np.ndarray] = 
         converter.inference_input_type = tf.uint8
         converter.inference_output_type = tf.float32
         return converter.convert()
-    kept = float_tensor_names(saved_model_dir, keep_float)
-    if not kept:
-        raise ValueError(f"int8 export: no {keep_float!r} tensors found to keep in float32")
+    from tensorflow.lite.python import convert as tflite_convert  # the debugger's quantiser
+
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
                                            tf.lite.OpsSet.TFLITE_BUILTINS]
-    debugger = tf.lite.experimental.QuantizationDebugger(
-        converter=converter, debug_dataset=lambda: ([c] for c in calibration[:1]),
-        debug_options=tf.lite.experimental.QuantizationDebugOptions(
-            denylisted_nodes=kept, denylisted_ops=list(FLOAT_OPS)))
-    return debugger.get_nondebug_quantized_model()
+    converter.experimental_mlir_quantizer = True
+    converter._experimental_calibrate_only = True
+    calibrated = converter.convert()
+    kept = tensor_names(calibrated, keep_float)
+    if not kept:
+        raise ValueError(f"int8 export: no {keep_float!r} tensors found to keep in float32")
+    return tflite_convert.mlir_quantize(
+        calibrated, disable_per_channel=converter._experimental_disable_per_channel,
+        fully_quantize=False, enable_numeric_verify=False, denylisted_ops=list(FLOAT_OPS),
+        denylisted_nodes=kept)
 
 
-def float_tensor_names(saved_model_dir: str, keep_float: str | Callable[[str], bool]
-                       ) -> list[str]:
-    """The tensor names of the plain float conversion of a SavedModel that ``keep_float``
+def tensor_names(content: bytes, keep_float: str | Callable[[str], bool]) -> list[str]:
+    """The tensor names of a (float or calibrated) TFLite flatbuffer that ``keep_float``
     selects (a scope: names holding it; a predicate: names it is true of), sorted."""
     select = keep_float if callable(keep_float) else (lambda name: keep_float in name)
-    float_model = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir).convert()
-    return sorted({t["name"] for t in interpreter_class()(model_content=float_model)
+    return sorted({t["name"] for t in interpreter_class()(model_content=content)
                    .get_tensor_details() if select(t["name"])})
 
 
@@ -222,31 +244,29 @@ def export_formats(model: keras.Model, out_dir: str | os.PathLike, image_shape: 
                    keep_float: str | Callable[[str], bool] | None = None) -> dict[str, str]:
     """Writes ``out_dir/model_<format>.tflite`` for every format; returns ``{format: path}``.
 
-    ``serve(images)`` is traced once per input dtype: float32 for the float formats,
-    ``int8_input`` for int8 (``tf.uint8``: the serve function receives camera bytes and casts
-    them; the calibration images are then rounded to uint8). ``calibration``, ``keep_float``:
-    as in :func:`convert`.
+    ``serve(images)`` is traced once per input dtype, into one SavedModel: float32 for the
+    float formats, ``int8_input`` for int8 (``tf.uint8``: the serve function receives camera
+    bytes and casts them; the calibration images are then rounded to uint8, and the int8
+    file's signature is ``serve_uint8``). ``calibration``, ``keep_float``: as in
+    :func:`convert`.
     """
     formats = check_formats(formats)
     os.makedirs(out_dir, exist_ok=True)
+    dtypes = [tf.float32] if any(f != "int8" for f in formats) else []
+    if "int8" in formats and tf.as_dtype(int8_input) not in dtypes:
+        dtypes.append(tf.as_dtype(int8_input))
     paths = {}
     with tempfile.TemporaryDirectory(prefix="kft_savedmodel_") as tmp:
-        saved = {}
-
-        def saved_model(dtype) -> str:
-            if dtype not in saved:
-                saved[dtype] = os.path.join(tmp, tf.as_dtype(dtype).name)
-                write_saved_model(model, saved[dtype], serve, image_shape, dtype)
-            return saved[dtype]
-
+        keys = write_saved_model(model, tmp, serve, image_shape, dtypes)
         for fmt in formats:
             if fmt == "int8":
                 images = list(calibration)
                 if tf.as_dtype(int8_input) == tf.uint8:
                     images = [np.clip(np.round(c), 0, 255).astype(np.uint8) for c in images]
-                content = convert(saved_model(int8_input), fmt, images, keep_float)
+                content = convert(tmp, fmt, images, keep_float,
+                                  keys[tf.as_dtype(int8_input).name])
             else:
-                content = convert(saved_model(tf.float32), fmt)
+                content = convert(tmp, fmt, signature_key=keys["float32"])
             paths[fmt] = os.path.join(os.fspath(out_dir), f"model_{fmt}.tflite")
             with open(paths[fmt], "wb") as f:
                 f.write(content)

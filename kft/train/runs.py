@@ -249,7 +249,21 @@ def run_task(task, recipe: cfg.Recipe, run_dir: str | Path, resume: bool = False
         keras.config.set_dtype_policy("float32")
 
 
+class PhaseClock:
+    """Seconds spent in each phase of a run (``summary["phases"]``), in the order they ran:
+    ``lap(name)`` closes the phase that began at the previous lap (or at the start)."""
+
+    def __init__(self, start: float):
+        self.last, self.phases = start, {}
+
+    def lap(self, name: str) -> None:
+        now = time.time()
+        self.phases[name] = round(now - self.last, 1)
+        self.last = now
+
+
 def _run_task(task, recipe, run_dir, ckpt_dir, resume, verbose, t0, previous):
+    clock = PhaseClock(t0)
     data = task.read(recipe, run_dir, "train")
     (run_dir / "data_report.json").write_text(json.dumps(data.report, indent=2))
     (run_dir / "class_names.json").write_text(json.dumps(data.class_names))
@@ -268,6 +282,7 @@ def _run_task(task, recipe, run_dir, ckpt_dir, resume, verbose, t0, previous):
         print(change.line())
     cfg.save_json(recipe, run_dir / "config.json", resolved={**previous, **record(changes)})
     task.before_training(model, data, recipe)
+    clock.lap("data and model")
 
     extra = compile_for_training(model, t, steps, **task.compile_arguments(recipe, data))
     validation_data, metric_callbacks = task.monitoring(model, data, recipe)
@@ -280,25 +295,31 @@ def _run_task(task, recipe, run_dir, ckpt_dir, resume, verbose, t0, previous):
     train_batches = task.train_batches(data, recipe, initial_epoch)
     fit(model, train_batches, validation_data, t, callbacks, initial_epoch, ckpt_dir, nan_stop,
         es, verbose, monitor)
+    clock.lap("training")
 
     model.save(run_dir / "model.keras")
     metrics = task.evaluate(model, data, recipe)
     metrics["split"] = data.val_description
     metrics["selection_split"] = data.selection_description
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    clock.lap("evaluation")
     plots = task.plots(model, data, metrics, run_dir, recipe) if e.plots else {}
+    if e.plots:
+        clock.lap("plots")
     export_report = None
     if recipe.export.enabled and recipe.export.quantize:
         export_report = task.export(model, data, recipe, run_dir / "export",
                                     recipe.export.quantize,
                                     recipe.export.representative_samples, keras_metrics=metrics)
+        clock.lap("export")
     summary = {
         "run_dir": str(run_dir), "epochs_run": t.epochs - initial_epoch,
         "metrics": task.headline_metrics(metrics), "model": str(run_dir / "model.keras"),
         "plots": {k: str(v) for k, v in plots.items()},
         "export": {k: str(run_dir / "export" / v["path"]) for k, v in
                    (export_report or {}).items() if isinstance(v, dict) and v.get("path")},
-        "seconds": round(time.time() - t0, 1), "generated_data": data.generated,
+        "seconds": round(time.time() - t0, 1), "phases": clock.phases,
+        "generated_data": data.generated,
         "split": metrics["split"], "selection_split": metrics["selection_split"]}
     print_summary(task, summary, metrics, export_report)
     return summary
@@ -334,7 +355,9 @@ def print_summary(task, summary: dict, metrics: dict, export_report: dict | None
     print(f"metrics:   {task.metrics_line(metrics)}")
     for line in task.export_lines(export_report):
         print(line)
-    print(f"run dir:   {summary['run_dir']}  ({summary['seconds']} s)")
+    phases = ", ".join(f"{k} {v:g}" for k, v in summary.get("phases", {}).items())
+    print(f"run dir:   {summary['run_dir']}  ({summary['seconds']} s"
+          + (f": {phases})" if phases else ")"))
     print(f"model:     {summary['model']}")
     for path in summary["plots"].values():
         print(f"plot:      {path}")
