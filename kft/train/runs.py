@@ -54,6 +54,7 @@ from kft.train.finetune import (
     set_trainable_stages,
     stage_lr_multipliers,
 )
+from kft.train.fused_bn import fused_batch_norms
 from kft.train.optimizers import build_optimizer
 from kft.train.plan import plan_bn_momentum, plan_training
 from kft.train.schedules import build_schedule
@@ -180,10 +181,11 @@ def fit(model, train_batches, validation_data, t: cfg.Train, callbacks, initial_
     """``model.fit`` from ``initial_epoch``; raises :class:`TrainingDiverged` on a NaN loss and
     restores early stopping's best weights."""
     if initial_epoch < t.epochs:
-        model.fit(train_batches.dataset, steps_per_epoch=train_batches.steps, epochs=t.epochs,
-                  initial_epoch=initial_epoch, validation_data=validation_data,
-                  callbacks=callbacks, verbose=verbose,
-                  shuffle=False)  # the pipeline shuffles, seeded per epoch
+        with fused_batch_norms(model):  # same training, a third faster (kft.train.fused_bn)
+            model.fit(train_batches.dataset, steps_per_epoch=train_batches.steps,
+                      epochs=t.epochs, initial_epoch=initial_epoch,
+                      validation_data=validation_data, callbacks=callbacks, verbose=verbose,
+                      shuffle=False)  # the pipeline shuffles, seeded per epoch
     if nan_stop.bad is not None:
         epoch, batch, loss = nan_stop.bad
         raise TrainingDiverged(
