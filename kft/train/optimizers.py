@@ -18,6 +18,14 @@ Weight decay follows the multiplier too, in either of two modes (``weight_decay_
 
 Both run inside ``update_step``, once per variable, which keeps them correct under
 ``tf.distribute`` (the update is applied per replica-synchronised variable there).
+
+Adam / AdamW on TensorFlow outside a distribution strategy (and without AMSGrad) apply their
+moment and weight update with TensorFlow's ``ResourceApplyAdam`` kernel, one op per variable
+where Keras' ``update_step`` builds about twenty: the same formula (``m``, ``v``, the bias-
+corrected rate, ``epsilon`` added to ``sqrt(v)``; tests compare it with
+``keras.optimizers.AdamW`` step for step), and a train step traced in less time (the quick
+start's SSDLite, 252 variables: its first step 25 -> 15 s on 2 CPU cores). Anything else uses
+Keras' own ``update_step``.
 """
 
 from __future__ import annotations
@@ -67,7 +75,32 @@ class _LayerwiseLR:
                 gradient = gradient + wd * variable
             else:
                 variable.assign(variable - variable * wd * learning_rate)
+        if self._fused_adam(variable):
+            return self._apply_adam(gradient, variable, learning_rate)
         return super().update_step(gradient, variable, learning_rate)
+
+    def _fused_adam(self, variable) -> bool:
+        if not isinstance(self, keras.optimizers.Adam) or self.amsgrad:
+            return False  # (AdamW is an Adam)
+        if keras.backend.backend() != "tensorflow":
+            return False
+        import tensorflow as tf
+
+        return not tf.distribute.has_strategy() and hasattr(variable, "handle")
+
+    def _apply_adam(self, gradient, variable, learning_rate):
+        """Keras' Adam step (``keras.optimizers.Adam.update_step``) as one TensorFlow kernel."""
+        import tensorflow as tf
+
+        dtype = variable.dtype
+        step = ops.cast(self.iterations + 1, dtype)
+        beta_1, beta_2 = ops.cast(self.beta_1, dtype), ops.cast(self.beta_2, dtype)
+        index = self._get_variable_index(variable)
+        tf.raw_ops.ResourceApplyAdam(
+            var=variable.handle, m=self._momentums[index].value.handle,
+            v=self._velocities[index].value.handle, beta1_power=ops.power(beta_1, step),
+            beta2_power=ops.power(beta_2, step), lr=learning_rate, beta1=beta_1, beta2=beta_2,
+            epsilon=ops.cast(self.epsilon, dtype), grad=ops.cast(gradient, dtype))
 
     def get_config(self):
         return {**super().get_config(), "lr_multipliers": dict(self.lr_multipliers),

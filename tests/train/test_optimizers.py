@@ -114,3 +114,35 @@ def test_adamw_without_weight_decay_builds():
     opt = _build("adamw", 0.1, weight_decay=0.0)
     opt.apply([_keras.ops.zeros(3)], [v])  # zero gradient, no decay: nothing moves
     np.testing.assert_allclose(v.numpy(), 1.0)
+
+
+@pytest.mark.parametrize("amsgrad", [False, True])
+def test_adamw_matches_keras_adamw_step_for_step(amsgrad):
+    """On TensorFlow the update runs as one ResourceApplyAdam kernel (AMSGrad: Keras' own
+    update_step); either way the weights follow keras.optimizers.AdamW."""
+    rng = np.random.default_rng(0)
+    shapes = [(3, 4), (4,), (2, 2, 3)]
+    start = [rng.normal(size=s).astype("float32") for s in shapes]
+    grads = [[rng.normal(size=s).astype("float32") for s in shapes] for _ in range(5)]
+    results = []
+    for optimizer in (LayerwiseAdamW(learning_rate=0.01, weight_decay=0.05, amsgrad=amsgrad),
+                      keras.optimizers.AdamW(learning_rate=0.01, weight_decay=0.05,
+                                             amsgrad=amsgrad)):
+        variables = [keras.Variable(v.copy()) for v in start]
+        optimizer.build(variables)
+        if isinstance(optimizer, LayerwiseAdamW):
+            assert optimizer._fused_adam(variables[0].value) == (
+                keras.backend.backend() == "tensorflow" and not amsgrad)
+            if keras.backend.backend() == "tensorflow":  # under a strategy: Keras' own step
+                import tensorflow as tf
+
+                with tf.distribute.OneDeviceStrategy("/cpu:0").scope():
+                    assert not optimizer._fused_adam(variables[0].value)
+        for step in grads:
+            optimizer.apply_gradients(zip([keras.ops.convert_to_tensor(g) for g in step],
+                                          variables, strict=True))
+        results.append([v.numpy() for v in variables])
+    moved = np.abs(results[1][0] - start[0]).max()
+    assert moved > 0.01  # five steps of lr 0.01 did move the weights
+    for ours, theirs in zip(*results, strict=True):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)  # float32 rounding
