@@ -4,13 +4,13 @@ per TFLite format, and a timed batch-1 interpreter runner.
 Route (TF 2.21 + Keras 3; works for functional models and ``keras.Model`` subclasses, including
 ones wrapping keras-hub backbones):
 
-1. ``keras.export.ExportArchive`` tracks the model and gets a ``serve`` endpoint (a function
+1. A ``tf.Module`` holds the model's variables and gets a ``serve`` signature (a function
    of one image tensor ``[1, H, W, 3]``) per input dtype the formats need (float32; uint8 for
-   a detector's int8 file), traced with ``training=False`` semantics; the archive is
-   written once as a TF SavedModel into a temporary folder (:func:`write_saved_model`). A model built
+   a detector's int8 file), traced with ``training=False`` semantics; it is written once as a
+   TF SavedModel into a temporary folder (:func:`write_saved_model`). A model built
    under a mixed-precision policy is traced with float32 compute (:func:`float32_compute`):
    its variables are float32 already, and TFLite builtins have no float16 kernels.
-2. ``tf.lite.TFLiteConverter.from_saved_model`` converts one endpoint of that SavedModel per
+2. ``tf.lite.TFLiteConverter.from_saved_model`` converts one signature of that SavedModel per
    format (:func:`convert`).
 
 (``from_concrete_functions`` on a ``tf.function`` around a Keras 3 model is not used: it leaves
@@ -158,24 +158,29 @@ def warn_if_narrow_range(images: list[np.ndarray]) -> None:
 
 def write_saved_model(model: keras.Model, directory: str, serve: Callable,
                       image_shape: tuple, input_dtypes=(tf.float32,)) -> dict[str, str]:
-    """Writes one SavedModel with a ``serve`` endpoint per input dtype, ``images [1, H, W, 3]
-    dtype -> serve(images)``, traced with float32 compute (:func:`float32_compute`).
+    """Writes one SavedModel with a ``serve`` signature per input dtype, ``images [1, H, W, 3]
+    dtype -> serve(images)``, traced once each with float32 compute (:func:`float32_compute`).
 
-    One archive holds every variant, so the variables are written once. Returns ``{dtype name:
-    signature key}``: the first dtype's endpoint is the SavedModel's ``serving_default``, the
-    others are ``serve_<dtype>`` (the signature key a TFLite file converted from it keeps).
+    The SavedModel's root is a ``tf.Module`` holding the model's variables (the ``tf.Variable``
+    inside each Keras variable), so the signatures' captured variables are saved with it and
+    their values reach the converter. ``keras.export.ExportArchive`` also works, but it walks
+    every tracked layer and traces the network again for each of its checks: 22 s against 8 s
+    for the quick start's SSDLite, same TFLite outputs. Returns ``{dtype name: signature key}``:
+    the first dtype's signature is ``serving_default``, the others ``serve_<dtype>`` (the
+    signature key a TFLite file converted from it keeps).
     """
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    keys = {}
+    module = tf.Module()
+    module.model_variables = [v.value if isinstance(v, keras.Variable) else v
+                              for v in model.variables]
+    signatures, keys = {}, {}
     with float32_compute(model):
         for i, dtype in enumerate(input_dtypes):
             name = tf.as_dtype(dtype).name
-            endpoint = "serve" if i == 0 else f"serve_{name}"
+            keys[name] = "serving_default" if i == 0 else f"serve_{name}"
             spec = tf.TensorSpec((1, *image_shape), dtype, name="images")
-            archive.add_endpoint(endpoint, serve, input_signature=[spec])
-            keys[name] = "serving_default" if i == 0 else endpoint
-        archive.write_out(directory, verbose=False)
+            signatures[keys[name]] = tf.function(
+                serve, input_signature=[spec], autograph=False).get_concrete_function()
+    tf.saved_model.save(module, directory, signatures=signatures)
     return keys
 
 
