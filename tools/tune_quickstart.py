@@ -13,9 +13,9 @@ overrides, trained on each tuning dataset's train split and scored (COCO bbox AP
 split; the run's own evaluation, not export, decides.
 
 The choice: the cheapest setting (fewest images trained on, ``train.epochs`` x training
-images, the quick start's time; then fewer epochs; then the higher AP50) whose AP50, averaged over the tuning seeds, reaches ``--target``
-(default 0.87: the quick start's acceptance bar 0.85 plus a margin for the seed-to-seed
-spread), else the setting with the best mean AP50. The table and the choice are printed and
+images, the quick start's time; then fewer epochs; then the higher AP50) whose AP50, averaged
+over the tuning seeds, reaches ``--target`` (default 0.87: the quick start's acceptance bar
+0.85 plus a margin for the seed-to-seed spread), else the setting with the best mean AP50. The table and the choice are printed and
 written to ``--record`` (default ``pretrained/quickstart_tuning.json``), which names the
 tuning data and says that the reported split took no part. With ``train.epochs`` in the grid
 and the recipe's cosine cycle as long as its run (``restart_epochs == epochs``), the cycle

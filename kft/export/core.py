@@ -29,8 +29,8 @@ Formats:
     from the calibration range) and the output float32 through a final DEQUANTIZE.
   - ``keep_float="decoder"`` (detectors): every op is int8 except the tensors whose names hold
     that scope, which stay float32 by selective quantisation (a denylist, as
-    ``QuantizationDebugger`` applies it): TFLite's NMS has no integer kernel, and 8-bit box decoding costs AP. The
-    endpoint for this variant takes ``uint8`` pixels itself (its serve function casts them).
+    ``QuantizationDebugger`` applies it): TFLite's NMS has no integer kernel, and 8-bit box
+    decoding costs AP. The endpoint for this variant takes ``uint8`` pixels itself (its serve function casts them).
     ``keep_float`` may also be a predicate on tensor names (two-stage detectors keep
     everything float but the network layers' scopes, :mod:`kft.export.detection`).
 

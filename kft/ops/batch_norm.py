@@ -5,7 +5,7 @@ its training-mode output from generic ops (``moments``, then the normalisation),
 gradients, in several passes over the activations. TensorFlow has a fused kernel
 (``FusedBatchNormV3``, with its own gradient kernel) that does it in one; on 2 CPU cores it
 takes a third off an SSDLite-MobileNetV2 (0.35, 128 px, batch 32) training step
-(0.48 -> 0.31 s, ``benchmarks/batch_norm.py``). Same mathematics:
+(0.47 -> 0.30 s, ``benchmarks/batch_norm.py``). Same mathematics:
 
 * TensorFlow backend, float32 compute, ``[B, H, W, C]`` input (:func:`uses_fused_kernel`):
   the fused kernel with the layer's own epsilon, on a GPU only from ``1.001e-5`` up (cuDNN's
