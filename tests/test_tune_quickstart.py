@@ -70,3 +70,19 @@ def test_the_reported_split_is_never_tuned_on(tool, tmp_path):
         tool.make_tuning_data(tmp_path, recipe, tool.REPORTED_SEED, 10)
     assert tool.main(["--seeds", "0,1", "--record", str(tmp_path / "r.json")]) == 2
     assert not (tmp_path / "r.json").exists()
+
+
+def test_the_quick_start_runs_the_recorded_choice():
+    """recipes/quickstart.py trains with what pretrained/quickstart_tuning.json chose."""
+    import json
+
+    record = json.loads((ROOT / "pretrained" / "quickstart_tuning.json").read_text())
+    recipe = cfg.load_recipe(ROOT / "recipes" / "quickstart.py")
+    runs = {"train.epochs": recipe.train.epochs, "train.learning_rate": recipe.train.learning_rate,
+            "train.batch_size": recipe.train.batch_size}
+    assert {k: float(v) for k, v in record["chosen"].items()} == {
+        k: float(runs[k]) for k in record["chosen"]}
+    assert recipe.train.restart_epochs == recipe.train.epochs  # one cosine cycle per run
+    if not record["reached_target"]:  # the rule then takes the best mean AP50
+        best = max(record["results"], key=lambda row: row["mean_AP50"])
+        assert best["setting"] == {"train.epochs": str(recipe.train.epochs)}

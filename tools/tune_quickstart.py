@@ -2,6 +2,7 @@
 
     python tools/tune_quickstart.py --grid train.epochs=6,8,10,12
     python tools/tune_quickstart.py --grid train.epochs=8,10 --grid train.learning_rate=2e-3,4e-3
+    python tools/tune_quickstart.py --recipe recipes/quickstart_frcnn.py --grid train.epochs=4,6
 
 The quick start (``recipes/quickstart.py``) reports its AP on the val split of the shapes data
 it generates with seed 0. Settings picked by looking at that split would make its number
@@ -15,9 +16,11 @@ split; the run's own evaluation, not export, decides.
 The choice: the cheapest setting (fewest images trained on, ``train.epochs`` x training
 images, the quick start's time; then fewer epochs; then the higher AP50) whose AP50, averaged
 over the tuning seeds, reaches ``--target`` (default 0.87: the quick start's acceptance bar
-0.85 plus a margin for the seed-to-seed spread), else the setting with the best mean AP50. The table and the choice are printed and
-written to ``--record`` (default ``pretrained/quickstart_tuning.json``), which names the
-tuning data and says that the reported split took no part. With ``train.epochs`` in the grid
+0.85 plus a margin for the seed-to-seed spread), else the setting with the best mean AP50.
+The table, the choice and the command are printed and written to ``--record`` (default
+``pretrained/<recipe name>_tuning.json``), which names the tuning data and says that the
+reported split took no part. ``--recipe`` tunes another generated-shapes quick start
+(``recipes/quickstart_frcnn.py``) the same way. With ``train.epochs`` in the grid
 and the recipe's cosine cycle as long as its run (``restart_epochs == epochs``), the cycle
 follows the epoch count.
 """
@@ -163,7 +166,8 @@ def tune(grid, seeds=TUNE_SEEDS, num_val=TUNE_NUM_VAL, target=DEFAULT_TARGET,
                      "mean_AP50": sum(r["bbox_AP50"] for r in runs) / len(runs)})
     chosen = choose(rows, target)
     return {
-        "what": "settings of recipes/quickstart.py chosen by tools/tune_quickstart.py on "
+        "what": f"settings of recipes/{Path(recipe_path).name} chosen by "
+                "tools/tune_quickstart.py on "
                 f"tuning data generated with seeds {list(seeds)}; the quick start's reported "
                 f"val split (generated with seed {REPORTED_SEED}) took no part",
         "tuning_data": f"kft generated shapes, classes {list(base.data.class_names)}, "
@@ -190,8 +194,12 @@ def main(argv=None) -> int:
                         help="tuning data seeds (not 0: that is the reported split)")
     parser.add_argument("--num-val", type=int, default=TUNE_NUM_VAL)
     parser.add_argument("--target", type=float, default=DEFAULT_TARGET)
-    parser.add_argument("--work", default="runs/tune_quickstart", help="data and run folder")
-    parser.add_argument("--record", default=str(ROOT / "pretrained" / "quickstart_tuning.json"))
+    parser.add_argument("--recipe", default=str(RECIPE_PATH),
+                        help="the quick start to tune (recipes/quickstart_frcnn.py too)")
+    parser.add_argument("--work", default="", help="data and run folder (default "
+                                                   "runs/tune_<recipe name>)")
+    parser.add_argument("--record", default="", help="default pretrained/<recipe name>"
+                                                     "_tuning.json")
     args = parser.parse_args(argv)
     try:
         grid = parse_grid(args.grid)
@@ -201,15 +209,22 @@ def main(argv=None) -> int:
         if REPORTED_SEED in seeds:
             raise cfg.ConfigError(f"--seeds: {REPORTED_SEED} generates the quick start's "
                                   "reported split; tune on other seeds")
-        record = tune(grid, seeds, args.num_val, args.target, Path(args.work),
+        recipe_path = Path(args.recipe)
+        name = cfg.load_recipe(recipe_path).name
+        work = Path(args.work or f"runs/tune_{name}")
+        record_path = Path(args.record or ROOT / "pretrained" / f"{name}_tuning.json")
+        record = tune(grid, seeds, args.num_val, args.target, work, recipe_path,
                       extra=args.overrides)
+        record["command"] = " ".join(["python tools/tune_quickstart.py",
+                                      *(a if " " not in a else repr(a) for a in
+                                        (sys.argv[1:] if argv is None else argv))])
     except (cfg.ConfigError, ValueError) as e:
         print(f"tune_quickstart: error: {e}", file=sys.stderr)
         return 2
-    Path(args.record).write_text(json.dumps(record, indent=2) + "\n")
+    record_path.write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps({k: record[k] for k in ("what", "chosen", "chosen_mean_AP50",
                                               "reached_target")}, indent=2))
-    print(f"[tune] record: {args.record}")
+    print(f"[tune] record: {record_path}")
     return 0
 
 

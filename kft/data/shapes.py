@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
@@ -174,22 +175,25 @@ def make_shapes_detection(root, *, classes=SHAPE_CLASSES[:5], num_train=200, num
     splits = {"train": [], "val": []}
     coco_json = {s: _coco_skeleton(classes) for s in splits}
     ann_id = 1
-    for index in range(num_train + num_val):
-        split = "train" if index < num_train else "val"
-        name = f"{index + 1:06d}"
-        image, boxes, labels, masks = draw_scene(rng, classes, sizes[index % len(sizes)],
-                                                 max_objects)
-        Image.fromarray(image).save(voc / "JPEGImages" / f"{name}.jpg", quality=95)
-        shutil.copyfile(voc / "JPEGImages" / f"{name}.jpg", coco / split / f"{name}.jpg")
-        _write_voc_xml(voc / "Annotations" / f"{name}.xml", name, image.shape, boxes, labels,
-                       classes)
-        instance = np.zeros(image.shape[:2], np.uint8)
-        for k, m in enumerate(masks):
-            instance[m] = k + 1
-        Image.fromarray(instance).save(voc / "SegmentationObject" / f"{name}.png")
-        ann_id = _add_coco_image(coco_json[split], index + 1, f"{name}.jpg", image.shape, boxes,
-                                 labels, masks, ann_id)
-        splits[split].append(name)
+    # The scenes are drawn in order from one generator (the dataset depends on the seed only);
+    # a second thread encodes and writes the files of the previous ones meanwhile (PIL's
+    # encoders release the GIL).
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        pending = []
+        for index in range(num_train + num_val):
+            split = "train" if index < num_train else "val"
+            name = f"{index + 1:06d}"
+            image, boxes, labels, masks = draw_scene(rng, classes, sizes[index % len(sizes)],
+                                                     max_objects)
+            pending.append(writer.submit(_write_image_files, voc, coco / split, name, image,
+                                         boxes, labels, masks, classes))
+            if len(pending) > 16:  # a bounded queue: memory stays a few scenes
+                pending.pop(0).result()
+            ann_id = _add_coco_image(coco_json[split], index + 1, f"{name}.jpg", image.shape,
+                                     boxes, labels, masks, ann_id)
+            splits[split].append(name)
+        for job in pending:
+            job.result()  # re-raises a failed write
     main = voc / "ImageSets" / "Main"
     (main / "train.txt").write_text("\n".join(splits["train"]) + "\n")
     (main / "val.txt").write_text("\n".join(splits["val"]) + "\n")
@@ -203,6 +207,20 @@ def make_shapes_detection(root, *, classes=SHAPE_CLASSES[:5], num_train=200, num
         f"classes={list(classes)} num_train={num_train} num_val={num_val} "
         f"image_size={_size_text(sizes)} max_objects={max_objects} seed={seed}\n")
     return root
+
+
+def _write_image_files(voc: Path, coco_split: Path, name: str, image, boxes, labels, masks,
+                       classes) -> None:
+    """One scene's files: the JPEG (VOC, and a copy in the COCO split folder), the VOC XML and
+    the instance PNG."""
+    Image.fromarray(image).save(voc / "JPEGImages" / f"{name}.jpg", quality=95)
+    shutil.copyfile(voc / "JPEGImages" / f"{name}.jpg", coco_split / f"{name}.jpg")
+    _write_voc_xml(voc / "Annotations" / f"{name}.xml", name, image.shape, boxes, labels,
+                   classes)
+    instance = np.zeros(image.shape[:2], np.uint8)
+    for k, m in enumerate(masks):
+        instance[m] = k + 1
+    Image.fromarray(instance).save(voc / "SegmentationObject" / f"{name}.png")
 
 
 def _image_sizes(image_size) -> list[tuple[int, int]]:

@@ -49,6 +49,9 @@ class TaskData:
     val_description: str = ""
     selection_description: str | None = None
     batches: dict = field(default_factory=dict)  # the task's batches, built once per split
+    # the callback that scores the val split during training, when it has current_metrics()
+    # (the final evaluation reuses them when the weights did not change since)
+    val_monitor: object = None
     # recipe values the reading settled (format detected, class names inferred, ...): a list
     # of kft.train.plan.Change, applied to the recipe and recorded in config.json
     resolved: list = field(default_factory=list)

@@ -454,15 +454,20 @@ class DetectionTask(Task):
             split, batches = data.val, self._val(data, recipe)
         else:
             split, batches = data.selection, _batches(data.selection, recipe)
-        return None, [COCOEvalCallback(split, batches.dataset, every=e.every,
-                                       voc=_is_voc(data, recipe))]
+        callback = COCOEvalCallback(split, batches.dataset, every=e.every,
+                                    voc=_is_voc(data, recipe))
+        # scoring the val split itself (no selection split), its last evaluation is the
+        # final one when the weights did not change after it
+        data.val_monitor = callback if data.selection is None else None
+        return None, [callback]
 
     def stalled_hint(self, data, recipe):
         from kft.train.callbacks import StalledMetricHint
 
         if recipe.eval.every == 0:
             return None
-        return StalledMetricHint("val_bbox_AP50", 0.02, what="val bbox AP50")
+        return StalledMetricHint("val_bbox_AP50", 0.02, what="val bbox AP50",
+                                 every=recipe.eval.every)
 
     def train_batches(self, data, recipe, initial_epoch):
         d, t = recipe.data, recipe.train
@@ -473,6 +478,11 @@ class DetectionTask(Task):
                         initial_epoch=min(initial_epoch, t.epochs - 1))
 
     def evaluate(self, model, data, recipe):
+        # the in-training evaluation of the last epoch, when it scored these very weights on
+        # the same val batches (early stopping's restore changes them)
+        scored = data.val_monitor.current_metrics() if data.val_monitor is not None else None
+        if scored is not None:
+            return scored
         return evaluate_detector(model.predict_on_batch, data.val,
                                  self._val(data, recipe).dataset,
                                  voc=_is_voc(data, recipe))

@@ -212,11 +212,14 @@ STALLED_CHECKS = (
 class StalledMetricHint(keras.callbacks.Callback):
     """Prints what to check (:data:`STALLED_CHECKS`) once, when the training loss has fallen
     by a third or more since the first epoch while ``metric`` stayed at or below ``floor``
-    for two evaluations in a row."""
+    for two evaluations in a row. ``every``: the metric is computed every N epochs (and after
+    the last one), as :class:`kft.eval.detection.COCOEvalCallback` does; the epochs in between
+    carry the last value (0 before the first evaluation) and are not counted."""
 
-    def __init__(self, metric: str, floor: float, what: str = ""):
+    def __init__(self, metric: str, floor: float, what: str = "", every: int = 1):
         super().__init__()
         self.metric, self.floor, self.what = metric, float(floor), what or metric
+        self.every = max(int(every), 1)
         self.first_loss = None
         self.low = 0
         self.printed = False
@@ -227,7 +230,9 @@ class StalledMetricHint(keras.callbacks.Callback):
         if loss is not None and math.isfinite(float(loss)) and self.first_loss is None:
             self.first_loss = float(loss)
         value = logs.get(self.metric)
-        if value is None or not math.isfinite(float(value)):
+        last = (self.params or {}).get("epochs")
+        evaluated = (epoch + 1) % self.every == 0 or (last is not None and epoch + 1 >= last)
+        if value is None or not math.isfinite(float(value)) or not evaluated:
             return
         self.low = self.low + 1 if float(value) <= self.floor else 0
         falling = (self.first_loss is not None and loss is not None

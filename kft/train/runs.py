@@ -283,10 +283,12 @@ def _run_task(task, recipe, run_dir, ckpt_dir, resume, verbose, t0, previous):
     for change in changes:
         print(change.line())
     cfg.save_json(recipe, run_dir / "config.json", resolved={**previous, **record(changes)})
+    # compiled before the dry run: compile() drops the model's traced predict function, which
+    # the dry run's two batch shapes leave relaxed to any batch size for the evaluations
+    extra = compile_for_training(model, t, steps, **task.compile_arguments(recipe, data))
     task.before_training(model, data, recipe)
     clock.lap("data and model")
 
-    extra = compile_for_training(model, t, steps, **task.compile_arguments(recipe, data))
     validation_data, metric_callbacks = task.monitoring(model, data, recipe)
     monitor = t.monitor or task.default_monitor
     hint = task.stalled_hint(data, recipe)

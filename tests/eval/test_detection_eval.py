@@ -136,3 +136,11 @@ def test_callback_logs_for_early_stopping(tmp_path):
     assert all(0.0 <= v <= 1.0 for v in values)
     with open(log) as f:
         assert "val_bbox_AP75" in next(csv.reader(f))
+    # the last epoch was scored: its metrics are the final ones until any weight changes
+    assert cb.current_metrics() == cb.history[-1][1]
+    for variable in (model.trainable_weights[0], model.non_trainable_weights[0]):
+        before = np.asarray(variable).copy()
+        variable.assign(before + 1e-3)  # a moving statistic counts as much as a kernel
+        assert cb.current_metrics() is None
+        variable.assign(before)
+        assert cb.current_metrics() == cb.history[-1][1]

@@ -154,6 +154,27 @@ def test_stalled_metric_hint_prints_what_to_check_once(capsys):
     assert capsys.readouterr().out == ""  # once
 
 
+def test_stalled_metric_hint_counts_only_evaluated_epochs(capsys):
+    """eval.every=3: epochs 1 and 2 log the 0.0 placeholder of a metric not computed yet (the
+    quick start printed the hint after its second epoch); epochs 3 and 6 are evaluations."""
+    from kft.train.callbacks import StalledMetricHint
+
+    hint = StalledMetricHint("val_bbox_AP50", 0.02, what="val bbox AP50", every=3)
+    hint.set_params({"epochs": 7})
+    losses = [4.2, 2.7, 2.5, 2.2, 2.1, 2.0, 1.9]
+    values = [0.0, 0.0, 0.01, 0.01, 0.01, 0.0, 0.0]
+    for epoch in range(5):
+        hint.on_epoch_end(epoch, {"loss": losses[epoch], "val_bbox_AP50": values[epoch]})
+    assert capsys.readouterr().out == ""  # one evaluation so far (epoch 3)
+    hint.on_epoch_end(5, {"loss": losses[5], "val_bbox_AP50": values[5]})
+    assert "val bbox AP50 is still 0.0000" in capsys.readouterr().out  # epochs 3 and 6
+    quiet = StalledMetricHint("val_bbox_AP50", 0.02, every=3)
+    quiet.set_params({"epochs": 2})
+    quiet.on_epoch_end(0, {"loss": 4.2, "val_bbox_AP50": 0.0})
+    quiet.on_epoch_end(1, {"loss": 2.7, "val_bbox_AP50": 0.0})  # last epoch: one evaluation
+    assert capsys.readouterr().out == ""
+
+
 def test_stalled_metric_hint_is_quiet_when_the_metric_moves(capsys):
     from kft.train.callbacks import StalledMetricHint
 
