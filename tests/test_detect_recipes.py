@@ -127,7 +127,7 @@ def test_quickstart_recipe_on_a_coco_folder(layouts, tmp_path):
     _, recipe = _run("recipes/quickstart.py", layouts["coco"], tmp_path / "run",
                      ["data.generate=", "data.format=coco", "data.class_names=",
                       "data.train_split=train", "data.val_split=val",
-                      "export.representative_samples=16"])
+                      "export.quantize=float32,int8", "export.representative_samples=16"])
     metrics = _check_run(tmp_path / "run", recipe)
     assert set(metrics["bbox_per_class_AP"]) == set(VOC_NAMES)  # the JSON's own categories
 

@@ -61,6 +61,33 @@ def test_a_broken_evaluation_fails_before_training(shapes, tmp_path, monkeypatch
     assert time.time() - start < 120
 
 
+def test_one_predict_graph_serves_the_dry_run_and_every_evaluation(shapes, tmp_path,
+                                                                  monkeypatch):
+    """The dry run (batches of 2 and 1) and the in-training evaluations (4 + 3 images) share
+    one trace; the final evaluation reuses the last epoch's, which scored the same weights."""
+    import kft.tasks.detection as detect
+
+    seen = {}
+    evaluate = detect.DetectionTask.evaluate
+
+    def spy(self, model, data, recipe):
+        seen["traces"] = model.predict_function.experimental_get_tracing_count()
+        seen["metrics"] = evaluate(self, model, data, recipe)
+        seen["fresh"] = detect.evaluate_detector(model.predict_on_batch, data.val,
+                                                 self._val(data, recipe).dataset)
+        return seen["metrics"]
+
+    monkeypatch.setattr(detect.DetectionTask, "evaluate", spy)
+    run_recipe(_recipe(shapes, **{"train.early_stopping_patience": 0}), tmp_path / "run",
+               verbose=0)
+    assert seen["traces"] == 1
+    assert seen["metrics"]["num_images"] == 7
+    for key in ("bbox_AP", "bbox_AP50", "bbox_per_class_AP"):
+        assert seen["metrics"][key] == seen["fresh"][key]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["bbox_AP"] == seen["fresh"]["bbox_AP"]
+
+
 def test_val_classes_are_aligned_by_name_or_refused(shapes, tmp_path):
     train = read_coco(shapes / "COCO", "train", check_images="header")
     data = json.loads((shapes / "COCO" / "annotations" / "instances_val.json").read_text())

@@ -334,9 +334,25 @@ def read_splits(d: cfg.Data, run_dir: Path):
     return train_split, val_split
 
 
+def trace_predict_for_any_batch(model) -> None:
+    """Traces ``model.predict_on_batch``'s function once for image batches of any size, so
+    that the dry run's full and partial batches and every later evaluation batch size share
+    one graph (tracing a detector with its NMS takes seconds; a function traced for one batch
+    size would be traced again for the next)."""
+    import tensorflow as tf
+
+    if model.run_eagerly or len(model.input_shape) != 4:
+        return
+    model.make_predict_function()
+    spec = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
+    model.predict_function.get_concrete_function([(spec,)])
+
+
 def dry_run_evaluation(model, split, d: cfg.Data, seed: int) -> None:
     """Evaluates the freshly built model on the first images of ``split`` in a full and a
-    partial batch, so that a broken evaluation path fails in seconds, not after an epoch."""
+    partial batch, so that a broken evaluation path fails in seconds, not after an epoch (with
+    the predict function traced for any batch size, :func:`trace_predict_for_any_batch`)."""
+    trace_predict_for_any_batch(model)
     few = split.subset(range(min(DRY_RUN_IMAGES, len(split))))
     batches = detection_batches(few, **model_image_args(model), batch_size=2,
                                 max_instances=d.max_instances, training=False, seed=seed,
