@@ -166,10 +166,16 @@ def test_quickstart_frcnn_recipe_on_a_coco_folder_with_int8(layouts, tmp_path):
     _, recipe = _run("recipes/quickstart_frcnn.py", layouts["coco"], tmp_path / "run",
                      ["data.generate=", "data.format=coco", "data.class_names=",
                       "data.train_split=train", "data.val_split=val",
-                      "export.representative_samples=16"])
+                      "export.quantize=float32,int8", "export.representative_samples=16"])
     metrics = _check_run(tmp_path / "run", recipe)
     assert set(metrics["bbox_per_class_AP"]) == set(VOC_NAMES)
     assert (tmp_path / "run" / "plots" / "predictions.png").is_file()
+    # from the shipped 11-class checkpoint: everything but the class-dependent box predictor
+    # (class scores, class-specific box regression) loads
+    load = json.loads((tmp_path / "run" / "load_report.json").read_text())
+    assert load["source"] == "pretrained/frcnn_shapes11.keras"
+    assert load["new"] == load["unused"] == 0 and load["shape_mismatch"]
+    assert {m["path"].split("/")[0] for m in load["shape_mismatch"]} == {"box_predictor"}
     # kft predict: the float32 file resizes a non-square photo as the Keras model does
     # (keep-aspect short / long side from the run's config, padded to the file's input)
     from click.testing import CliRunner

@@ -21,15 +21,18 @@ from kft.run import run_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = ROOT / "pretrained" / "ssdlite_shapes11.keras"
-RECORD = ROOT / "pretrained" / "ssdlite_shapes11.json"
 
 
-def test_shipped_checkpoint_matches_its_record_and_the_recipe():
-    record = json.loads(RECORD.read_text())
-    digest = hashlib.sha256(CHECKPOINT.read_bytes()).hexdigest()
+@pytest.mark.parametrize("stem, quickstart", [("ssdlite_shapes11", "quickstart.py"),
+                                               ("frcnn_shapes11", "quickstart_frcnn.py")])
+def test_shipped_checkpoint_matches_its_record_and_the_recipe(stem, quickstart):
+    record = json.loads((ROOT / "pretrained" / f"{stem}.json").read_text())
+    digest = hashlib.sha256((ROOT / "pretrained" / f"{stem}.keras").read_bytes()).hexdigest()
     assert record["sha256"] == digest
-    recipe = cfg.load_recipe(ROOT / "recipes" / "quickstart.py")
+    recipe = cfg.load_recipe(ROOT / "recipes" / quickstart)
+    assert recipe.model.load_from == f"pretrained/{stem}.keras"
     assert recipe.model.load_from_hash == f"sha256:{digest}"
+    assert record["arch"] == recipe.model.arch
     assert not set(record["classes"]) & set(recipe.data.class_names)  # other classes
 
 
@@ -55,7 +58,7 @@ def _short_run(voc, run_dir, *overrides):
 def finetuned_run(unseen_voc, tmp_path_factory):
     run = tmp_path_factory.mktemp("ft") / "run"
     return run, _short_run(unseen_voc, run, "export.enabled=true",
-                           "export.representative_samples=32")
+                           "export.quantize=float32,int8", "export.representative_samples=32")
 
 
 @pytest.fixture(scope="module")

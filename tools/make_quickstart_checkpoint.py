@@ -1,9 +1,10 @@
-"""Makes the pretrained checkpoint that the detection quick start fine-tunes from.
+"""Makes the pretrained checkpoints that the detection quick starts fine-tune from.
 
-    python tools/make_quickstart_checkpoint.py            # writes pretrained/ssdlite_shapes11.*
+    python tools/make_quickstart_checkpoint.py                 # pretrained/ssdlite_shapes11.*
+    python tools/make_quickstart_checkpoint.py --model frcnn   # pretrained/frcnn_shapes11.*
 
-The quick start (``recipes/quickstart.py``) fine-tunes on five shape classes (circle, square,
-triangle, star, ring). Its starting point is trained here, from random weights, on OTHER
+The quick starts (``recipes/quickstart.py``, SSDLite; ``recipes/quickstart_frcnn.py``, Faster
+R-CNN) fine-tune on five shape classes (circle, square, triangle, star, ring). Its starting point is trained here, from random weights, on OTHER
 classes: the three further shapes kft's generated dataset has (cross, hexagon, diamond) and
 eight more that this tool draws (:data:`EXTRA_SHAPES`: pentagon, arrow, heart, crescent,
 semicircle, tee, ell, trapezoid), so the quick start is real transfer: the backbone, the extra
@@ -16,10 +17,11 @@ The pretraining images are generated here with their own seed (:data:`PRETRAIN_S
 seed the quick start generates its data with (0), so the checkpoint has seen neither the quick
 start's images nor their backgrounds and object layouts (the generator draws the same layouts
 for the same seed whatever the classes). It is trained longer and on more images than the
-quick start could afford (:data:`RECIPE`), so that a short fine-tuning run suffices.
+quick start could afford (:data:`RECIPE`, :data:`FRCNN_RECIPE`), so that a short fine-tuning
+run suffices.
 
-Reproducible: fixed seeds and the recipe below; the script records the command, the data, the
-metrics on its own held-out images and the file's SHA-256 in ``pretrained/ssdlite_shapes11.json``
+Reproducible: fixed seeds and the recipes below; the script records the command, the data, the
+metrics on its own held-out images and the file's SHA-256 in ``pretrained/<checkpoint>.json``
 (the quick start checks that hash before loading). Floating-point reduction order differs
 across CPUs and TensorFlow builds, so a re-run on another machine gives an equivalent checkpoint
 (same AP within noise), not a bit-identical file. On 2 CPU cores it takes one to two hours.
@@ -40,7 +42,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from kft import config as cfg
-from kft.config import Data, Eval, Export, Model, Recipe, Train
+from kft.config import Data, Eval, Export, FasterRCNNSettings, Model, Recipe, Train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,7 +73,11 @@ EXTRA_OUTLINES = {name: _within_unit_disc(points) for name, points in {
 }.items()}
 EXTRA_SHAPES = (*EXTRA_OUTLINES, "crescent")
 PRETRAIN_CLASSES = ("cross", "hexagon", "diamond", *EXTRA_SHAPES)
-CHECKPOINT = f"ssdlite_shapes{len(PRETRAIN_CLASSES)}"  # .keras, and .json: its record
+# --model: the checkpoint's file stem (.keras, and .json: its record) and the quick start that
+# fine-tunes from it
+CHECKPOINTS = {"ssdlite": f"ssdlite_shapes{len(PRETRAIN_CLASSES)}",
+               "frcnn": f"frcnn_shapes{len(PRETRAIN_CLASSES)}"}
+QUICKSTARTS = {"ssdlite": "quickstart.py", "frcnn": "quickstart_frcnn.py"}
 PRETRAIN_SEED = 2  # the quick start generates with seed 0, tools/tune_quickstart.py with 1
 NUM_TRAIN, NUM_VAL = 6000, 200
 DATA_DIR = "data/generated/shapes_pretrain"
@@ -94,6 +100,31 @@ RECIPE = Recipe(
     eval=Eval(batch_size=50, every=5),
     export=Export(enabled=False),
 )
+
+# The Faster R-CNN quick start's network (recipes/quickstart_frcnn.py: kft's three-stage ResNet
+# + FPN, 128 px canvas with the aspect ratio kept, the CPU-sized second stage), from random
+# weights on the same images
+FRCNN_RECIPE = Recipe(
+    name="quickstart_frcnn_pretrain",
+    task="detection",
+    description=f"Faster R-CNN (tiny ResNet-FPN, 128 px) on {len(PRETRAIN_CLASSES)} generated "
+                "shape classes",
+    data=Data(root=f"{DATA_DIR}/VOC", format="voc", class_names=PRETRAIN_CLASSES,
+              image_size=128, resize="keep_aspect", train_split="train", val_split="val",
+              max_instances=8, detection_augment="default"),
+    model=Model(arch="fasterrcnn_resnet_tiny_fpn", bn_momentum=0.9,
+                frcnn=FasterRCNNSettings(rpn_pre_nms_top_n=(600, 300),
+                                         rpn_post_nms_top_n=(300, 100),
+                                         box_batch_size_per_image=128,
+                                         representation_size=256)),
+    # 8 epochs (3000 steps): about 25 min on 2 quiet CPU cores
+    train=Train(epochs=8, batch_size=16, optimizer="adamw", learning_rate=2e-3,
+                weight_decay=1e-4, schedule="cosine_restarts", restart_epochs=8,
+                restart_mult=1.0, min_lr=1e-5, warmup_steps=200, clipnorm=5.0, seed=0),
+    eval=Eval(batch_size=50, every=4, score_threshold=0.05, nms_iou_threshold=0.5),
+    export=Export(enabled=False),
+)
+RECIPES = {"ssdlite": RECIPE, "frcnn": FRCNN_RECIPE}
 
 
 def extra_shape_mask(kind: str, size: tuple[int, int], cx: float, cy: float, r: float,
@@ -155,9 +186,9 @@ def strip_optimizer(source: Path, target: Path) -> None:
     load_model(source, compile=False).save(target)
 
 
-def check_other_classes(recipe: Recipe) -> None:
+def check_other_classes(recipe: Recipe, quickstart: str = "quickstart.py") -> None:
     """Refuses to pretrain on any class the quick start fine-tunes on (it is a transfer demo)."""
-    quickstart = cfg.load_recipe(ROOT / "recipes" / "quickstart.py")
+    quickstart = cfg.load_recipe(ROOT / "recipes" / quickstart)
     shared = sorted(set(recipe.data.class_names) & set(quickstart.data.class_names))
     if shared:
         raise cfg.ConfigError(f"data.class_names: {shared} are also quick start classes "
@@ -184,7 +215,11 @@ def generate(root: Path, recipe: Recipe, num_train: int, num_val: int, seed: int
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=str(ROOT / "pretrained"), help="output folder")
-    parser.add_argument("--run-dir", default="runs/quickstart_pretrain")
+    parser.add_argument("--model", choices=sorted(RECIPES), default="ssdlite",
+                        help="ssdlite: recipes/quickstart.py's SSDLite (pretrained/"
+                             f"{CHECKPOINTS['ssdlite']}.keras); frcnn: recipes/quickstart_frcnn.py's "
+                             f"Faster R-CNN (pretrained/{CHECKPOINTS['frcnn']}.keras)")
+    parser.add_argument("--run-dir", default="", help="default runs/quickstart_pretrain[_frcnn]")
     parser.add_argument("--data-dir", default=DATA_DIR, help="where the images are generated")
     parser.add_argument("--num-train", type=int, default=NUM_TRAIN)
     parser.add_argument("--num-val", type=int, default=NUM_VAL)
@@ -195,16 +230,20 @@ def main(argv=None) -> int:
     from kft.run import run_recipe
 
     data_dir = Path(args.data_dir)
-    recipe = cfg.apply_overrides(RECIPE, [f"data.root={data_dir / 'VOC'}", *args.overrides])
-    check_other_classes(recipe)
+    run_dir = Path(args.run_dir or "runs/quickstart_pretrain"
+                   + ("_frcnn" if args.model == "frcnn" else ""))
+    recipe = cfg.apply_overrides(RECIPES[args.model],
+                                 [f"data.root={data_dir / 'VOC'}", *args.overrides])
+    check_other_classes(recipe, QUICKSTARTS[args.model])
     generate(data_dir, recipe, args.num_train, args.num_val, PRETRAIN_SEED)
     start = time.time()
-    summary = run_recipe(recipe, args.run_dir, verbose=2)
+    summary = run_recipe(recipe, run_dir, verbose=2)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    target = out / f"{CHECKPOINT}.keras"
-    strip_optimizer(Path(args.run_dir) / "model.keras", target)
-    options = [f"--num-train {args.num_train}"] if args.num_train != NUM_TRAIN else []
+    target = out / f"{CHECKPOINTS[args.model]}.keras"
+    strip_optimizer(run_dir / "model.keras", target)
+    options = [f"--model {args.model}"] if args.model != "ssdlite" else []
+    options += [f"--num-train {args.num_train}"] if args.num_train != NUM_TRAIN else []
     options += [f"--num-val {args.num_val}"] if args.num_val != NUM_VAL else []
     record = {
         "file": target.name,
@@ -212,7 +251,8 @@ def main(argv=None) -> int:
         "made_by": " ".join(["python tools/make_quickstart_checkpoint.py", *options,
                              *(f"--set {o}" for o in args.overrides)]),
         "arch": recipe.model.arch,
-        "width_multiplier": recipe.model.width_multiplier,
+        **({"width_multiplier": recipe.model.width_multiplier}
+           if recipe.model.arch.startswith("ssd") else {}),
         "image_size": recipe.data.image_size,
         "classes": list(recipe.data.class_names),
         "data": f"kft generated shapes (GENERATED; {len(EXTRA_SHAPES)} of the classes drawn "
@@ -222,7 +262,7 @@ def main(argv=None) -> int:
         "epochs": recipe.train.epochs,
         "train_seconds": round(time.time() - start),
     }
-    (out / f"{CHECKPOINT}.json").write_text(json.dumps(record, indent=2) + "\n")
+    (out / f"{CHECKPOINTS[args.model]}.json").write_text(json.dumps(record, indent=2) + "\n")
     print(json.dumps(record, indent=2))
     return 0
 
