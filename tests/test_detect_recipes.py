@@ -174,7 +174,7 @@ def test_quickstart_frcnn_recipe_on_a_coco_folder_with_int8(layouts, tmp_path):
     # (class scores, class-specific box regression) loads
     load = json.loads((tmp_path / "run" / "load_report.json").read_text())
     assert load["source"] == "pretrained/frcnn_shapes11.keras"
-    assert load["new"] == load["unused"] == 0 and load["shape_mismatch"]
+    assert not load["new"] and not load["unused"] and load["shape_mismatch"]
     assert {m["path"].split("/")[0] for m in load["shape_mismatch"]} == {"box_predictor"}
     # kft predict: the float32 file resizes a non-square photo as the Keras model does
     # (keep-aspect short / long side from the run's config, padded to the file's input)
