@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import hashlib
 import json
 import math
@@ -42,7 +43,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from kft import config as cfg
-from kft.config import Data, Eval, Export, FasterRCNNSettings, Model, Recipe, Train
+from kft.config import Data, Eval, Export, Model, Recipe, Train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -112,11 +113,9 @@ FRCNN_RECIPE = Recipe(
     data=Data(root=f"{DATA_DIR}/VOC", format="voc", class_names=PRETRAIN_CLASSES,
               image_size=128, resize="keep_aspect", train_split="train", val_split="val",
               max_instances=8, detection_augment="default"),
-    model=Model(arch="fasterrcnn_resnet_tiny_fpn", bn_momentum=0.9,
-                frcnn=FasterRCNNSettings(rpn_pre_nms_top_n=(600, 300),
-                                         rpn_post_nms_top_n=(300, 100),
-                                         box_batch_size_per_image=128,
-                                         representation_size=256)),
+    # the quick start's own network, from random weights
+    model=dataclasses.replace(cfg.load_recipe(ROOT / "recipes" / "quickstart_frcnn.py").model,
+                              load_from="", load_from_hash=""),
     # 8 epochs (3000 steps): about 25 min on 2 quiet CPU cores
     train=Train(epochs=8, batch_size=16, optimizer="adamw", learning_rate=2e-3,
                 weight_decay=1e-4, schedule="cosine_restarts", restart_epochs=8,
