@@ -4,7 +4,8 @@
     python tools/make_quickstart_checkpoint.py --model frcnn   # pretrained/frcnn_shapes11.*
 
 The quick starts (``recipes/quickstart.py``, SSDLite; ``recipes/quickstart_frcnn.py``, Faster
-R-CNN) fine-tune on five shape classes (circle, square, triangle, star, ring). Its starting point is trained here, from random weights, on OTHER
+R-CNN) fine-tune on five shape classes (circle, square, triangle, star, ring). Their starting
+points are trained here, from random weights, on OTHER
 classes: the three further shapes kft's generated dataset has (cross, hexagon, diamond) and
 eight more that this tool draws (:data:`EXTRA_SHAPES`: pentagon, arrow, heart, crescent,
 semicircle, tee, ell, trapezoid), so the quick start is real transfer: the backbone, the extra
@@ -102,18 +103,15 @@ RECIPE = Recipe(
     export=Export(enabled=False),
 )
 
-# The Faster R-CNN quick start's network (recipes/quickstart_frcnn.py: kft's three-stage ResNet
-# + FPN, 128 px canvas with the aspect ratio kept, the CPU-sized second stage), from random
-# weights on the same images
+# The Faster R-CNN quick start's own network (kft's three-stage ResNet + FPN, the CPU-sized
+# second stage) from random weights, on the same images in the quick start's keep-aspect
+# 128 px canvas
 FRCNN_RECIPE = Recipe(
     name="quickstart_frcnn_pretrain",
     task="detection",
     description=f"Faster R-CNN (tiny ResNet-FPN, 128 px) on {len(PRETRAIN_CLASSES)} generated "
                 "shape classes",
-    data=Data(root=f"{DATA_DIR}/VOC", format="voc", class_names=PRETRAIN_CLASSES,
-              image_size=128, resize="keep_aspect", train_split="train", val_split="val",
-              max_instances=8, detection_augment="default"),
-    # the quick start's own network, from random weights
+    data=dataclasses.replace(RECIPE.data, resize="keep_aspect"),
     model=dataclasses.replace(cfg.load_recipe(ROOT / "recipes" / "quickstart_frcnn.py").model,
                               load_from="", load_from_hash=""),
     # 8 epochs (3000 steps): about 25 min on 2 quiet CPU cores
@@ -218,7 +216,7 @@ def main(argv=None) -> int:
                         help="ssdlite: recipes/quickstart.py's SSDLite (pretrained/"
                              f"{CHECKPOINTS['ssdlite']}.keras); frcnn: recipes/quickstart_frcnn.py's "
                              f"Faster R-CNN (pretrained/{CHECKPOINTS['frcnn']}.keras)")
-    parser.add_argument("--run-dir", default="", help="default runs/quickstart_pretrain[_frcnn]")
+    parser.add_argument("--run-dir", default="", help="default runs/<the recipe's name>")
     parser.add_argument("--data-dir", default=DATA_DIR, help="where the images are generated")
     parser.add_argument("--num-train", type=int, default=NUM_TRAIN)
     parser.add_argument("--num-val", type=int, default=NUM_VAL)
@@ -229,10 +227,9 @@ def main(argv=None) -> int:
     from kft.run import run_recipe
 
     data_dir = Path(args.data_dir)
-    run_dir = Path(args.run_dir or "runs/quickstart_pretrain"
-                   + ("_frcnn" if args.model == "frcnn" else ""))
     recipe = cfg.apply_overrides(RECIPES[args.model],
                                  [f"data.root={data_dir / 'VOC'}", *args.overrides])
+    run_dir = Path(args.run_dir or f"runs/{recipe.name}")
     check_other_classes(recipe, QUICKSTARTS[args.model])
     generate(data_dir, recipe, args.num_train, args.num_val, PRETRAIN_SEED)
     start = time.time()

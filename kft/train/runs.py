@@ -284,7 +284,7 @@ def _run_task(task, recipe, run_dir, ckpt_dir, resume, verbose, t0, previous):
         print(change.line())
     cfg.save_json(recipe, run_dir / "config.json", resolved={**previous, **record(changes)})
     # compiled before the dry run: compile() drops the model's traced predict function, which
-    # the dry run's two batch shapes leave relaxed to any batch size for the evaluations
+    # the dry run traces for any batch size and the evaluations reuse
     extra = compile_for_training(model, t, steps, **task.compile_arguments(recipe, data))
     task.before_training(model, data, recipe)
     clock.lap("data and model")
