@@ -200,10 +200,13 @@ def test_quickstart_frcnn_recipe_on_a_coco_folder_with_int8(layouts, tmp_path):
 @pytest.mark.parametrize("name", ["fasterrcnn_r50fpn_coco_finetune", "fasterrcnn_traffic_signs",
                                   "fasterrcnn_defects"])
 def test_fasterrcnn_guide_recipes(name, layouts, tmp_path):
-    """R2 from COCO weights, R3 (anchors fitted to the data, no flips) and R4 (8 px anchors,
-    512 head, CutMix) at the CPU-sized canvas, float32 export."""
-    extra = [*FRCNN_SMALL, "model.preset=", "train.mixed_precision=",
-             "train.early_stopping_patience=0", "export.quantize=float32"]
+    """R2 from COCO weights (with its float16 mixed precision, T5: trained loss-scaled,
+    exported with float32 compute), R3 (anchors fitted to the data, no flips) and R4 (8 px
+    anchors, 512 head, CutMix) at the CPU-sized canvas, float32 export."""
+    extra = [*FRCNN_SMALL, "model.preset=", "train.early_stopping_patience=0",
+             "export.quantize=float32"]
+    if name != "fasterrcnn_r50fpn_coco_finetune":
+        extra.append("train.mixed_precision=")
     if name == "fasterrcnn_r50fpn_coco_finetune":
         # a stand-in for `kft convert torchvision` output: an R50-FPN Faster R-CNN .keras of
         # 90 classes (COCO's), so the box predictor is a shape mismatch and starts new
@@ -217,6 +220,9 @@ def test_fasterrcnn_guide_recipes(name, layouts, tmp_path):
     _check_run(tmp_path / "run", recipe)
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     if name == "fasterrcnn_r50fpn_coco_finetune":
+        assert config["train"]["mixed_precision"] == "float16"
+        history = (tmp_path / "run" / "history.csv").read_text().splitlines()
+        assert len(history) > 1 and "nan" not in "".join(history[1:]).lower()
         report = json.loads((tmp_path / "run" / "load_report.json").read_text())
         assert {m["path"].split("/")[0] for m in report["shape_mismatch"]} == {"box_predictor"}
         # all the rest came from the source: R50 53 convs + 53 BatchNorms x 4 variables, FPN

@@ -3,6 +3,8 @@
 Run with a Python that has torch and torchvision (not kft, not TensorFlow)::
 
     ~/tv/bin/python tools/make_faster_rcnn_fixture.py --arch fasterrcnn_resnet50_fpn
+    ~/tv/bin/python tools/make_faster_rcnn_fixture.py --arch fasterrcnn_resnet50_fpn \
+        --finetune 120          # the committed *_finetuned_* fixture
 
 torchvision's model is built without pretrained weights, loaded with weights drawn by
 ``tools/seeded_state_dict.py`` from its state dict's key names and shapes (the fixture stores
@@ -10,6 +12,16 @@ that spec and the gains, not the weights) and run in eval mode on two photos (cr
 matplotlib's ``grace_hopper.jpg`` and of a second sample image, at the square size ``S``, so
 torchvision's transform neither resizes nor pads: ``min_size = max_size = S``, S a multiple of
 32). kft's test draws the same weights, converts them with ``kft convert``'s code and compares.
+
+``--finetune STEPS`` (R50-FPN v1) then fine-tunes the model a little before recording: Adam
+(``--lr``) on both photos with a few hand-placed boxes (:data:`FINETUNE_BOXES`), training only the last
+layer of each stage (the RPN's objectness and box-delta convs, the box predictor; backbone,
+FPN, RPN conv and box head stay at the drawn values, in eval mode), so the fixture can store
+the ~25k trained values instead of 41 M, and the outputs are those of a model that has learnt
+something: confident detections on the boxes, low scores elsewhere. Written to
+``<arch>_finetuned_torchvision.npz`` with ``trained_keys`` / ``trained_values`` (flattened,
+float32, in key order) and ``finetune_steps`` / ``finetune_boxes`` / ``finetune_labels`` /
+``finetune_losses``.
 
 Keys: ``spec_keys`` / ``spec_shapes`` (:func:`seeded_state_dict.pack_spec`), ``gain_prefixes``
 / ``gain_values``, ``seed``, ``images`` uint8 ``[2, S, S, 3]``, ``num_classes`` (torchvision's,
@@ -69,6 +81,41 @@ GAINS = {
 }
 
 
+# --finetune: boxes (x1, y1, x2, y2, torchvision label) on the two S x S photos, as fractions
+# of S; and the state-dict prefixes that train.
+FINETUNE_BOXES = (((0.25, 0.12, 0.75, 0.70, 1), (0.05, 0.62, 0.38, 0.97, 2)),
+                  ((0.12, 0.18, 0.56, 0.62, 3), (0.56, 0.50, 0.94, 0.94, 1)))
+FINETUNE_PREFIXES = ("rpn.head.cls_logits.", "rpn.head.bbox_pred.",
+                     "roi_heads.box_predictor.")
+
+
+def finetune(model, tensors, size: int, steps: int, lr: float):
+    """Trains :data:`FINETUNE_PREFIXES` for ``steps`` Adam steps on ``tensors`` with
+    :data:`FINETUNE_BOXES`; returns (trained keys, the losses per step, boxes, labels)."""
+    torch.manual_seed(0)  # the RPN / RoI samplers draw with torch's generator
+    trained = [k for k, _ in model.named_parameters() if k.startswith(FINETUNE_PREFIXES)]
+    params = dict(model.named_parameters())
+    for k, p in params.items():
+        p.requires_grad_(k in trained)
+    boxes = [torch.tensor([b[:4] for b in image], dtype=torch.float32) * size
+             for image in FINETUNE_BOXES]
+    labels = [torch.tensor([b[4] for b in image], dtype=torch.int64) for image in FINETUNE_BOXES]
+    targets = [{"boxes": b, "labels": c} for b, c in zip(boxes, labels, strict=True)]
+    optimizer = torch.optim.Adam([params[k] for k in trained], lr=lr)
+    losses = []
+    model.train()
+    model.backbone.eval()  # BatchNorm statistics stay the drawn ones
+    for _ in range(steps):
+        loss = sum(model(tensors, targets).values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    model.eval()
+    return trained, losses, np.stack([b.numpy() for b in boxes]), np.stack(
+        [c.numpy() for c in labels])
+
+
 def photos(size: int) -> np.ndarray:
     """Two ``size x size`` RGB crops of photos that ship with matplotlib (uint8)."""
     import glob
@@ -105,7 +152,12 @@ def main() -> None:
     parser.add_argument("--arch", choices=ARCHS, default=ARCHS[0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path, default=None)
+    parser.add_argument("--finetune", type=int, default=0, metavar="STEPS",
+                        help="fine-tune the last layer of each stage this many steps first")
+    parser.add_argument("--lr", type=float, default=3e-3, help="--finetune's Adam rate")
     args = parser.parse_args()
+    if args.finetune and args.arch != "fasterrcnn_resnet50_fpn":
+        parser.error("--finetune: only for fasterrcnn_resnet50_fpn")
     size = SIZE[args.arch]
     model = build(args.arch, size)
     spec = seeded.spec_of(model.state_dict())
@@ -114,6 +166,16 @@ def main() -> None:
     model.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()}, strict=False)
     images = photos(size)
     tensors = [torch.from_numpy(im).permute(2, 0, 1).float() / 255.0 for im in images]
+    tuned = {}
+    if args.finetune:
+        keys, losses, boxes, labels = finetune(model, tensors, size, args.finetune, args.lr)
+        state = model.state_dict()
+        tuned = {"trained_keys": np.array(keys),
+                 "trained_values": np.concatenate([state[k].detach().numpy().ravel()
+                                                   for k in keys]).astype("float32"),
+                 "finetune_steps": np.int32(args.finetune), "finetune_boxes": boxes,
+                 "finetune_labels": labels.astype("int32"),
+                 "finetune_losses": np.array(losses, "float32")}
     captured = {}
     model.rpn.register_forward_hook(lambda m, i, o: captured.update(proposals=o[0]))
     with torch.no_grad():
@@ -128,18 +190,23 @@ def main() -> None:
            "boxes": np.zeros((2, d_max, 4), "float32"), "scores": np.zeros((2, d_max), "float32"),
            "labels": np.zeros((2, d_max), "int32"),
            "num_detections": np.array([len(o["boxes"]) for o in outputs], "int32"),
-           **seeded.pack_spec(spec)}
+           **seeded.pack_spec(spec), **tuned}
     for i, (p, o) in enumerate(zip(proposals, outputs, strict=True)):
         out["proposals"][i, :len(p)] = p
         n = len(o["boxes"])
         out["boxes"][i, :n] = o["boxes"].numpy()
         out["scores"][i, :n] = o["scores"].numpy()
         out["labels"][i, :n] = o["labels"].numpy()
-    path = args.output or ROOT / "tests" / "fixtures" / f"{args.arch}_torchvision.npz"
+    name = f"{args.arch}_finetuned" if args.finetune else args.arch
+    path = args.output or ROOT / "tests" / "fixtures" / f"{name}_torchvision.npz"
     np.savez_compressed(path, **out)
     print(json.dumps({"arch": args.arch, "path": str(path), "kib": path.stat().st_size // 1024,
                       "num_proposals": out["num_proposals"].tolist(),
                       "num_detections": out["num_detections"].tolist(),
+                      **({"finetune_loss_first_last": [round(losses[0], 4),
+                                                       round(losses[-1], 4)],
+                          "trained_values": int(tuned["trained_values"].size)}
+                         if tuned else {}),
                       "top_scores": [o["scores"][:5].numpy().round(3).tolist()
                                      for o in outputs]}))
 

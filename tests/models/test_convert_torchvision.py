@@ -29,11 +29,21 @@ ARCHS = ("fasterrcnn_resnet50_fpn", "fasterrcnn_resnet50_fpn_v2",
          "fasterrcnn_mobilenet_v3_large_fpn", "fasterrcnn_resnext101_32x8d_fpn")
 
 
-def fixture_state_dict(arch):
-    f = np.load(FIXTURES / f"{arch}_torchvision.npz")
+def fixture_state_dict(arch, name=None):
+    """The fixture ``<name or arch>_torchvision.npz`` and its state dict: the seeded weights,
+    with the fine-tuned values of ``trained_keys`` put in where the fixture has them."""
+    f = np.load(FIXTURES / f"{name or arch}_torchvision.npz")
     spec = seeded.unpack_spec(f["spec_keys"], f["spec_shapes"])
     gains = {str(k): float(v) for k, v in zip(f["gain_prefixes"], f["gain_values"], strict=True)}
-    return f, seeded.draw(spec, int(f["seed"]), gains)
+    state_dict = seeded.draw(spec, int(f["seed"]), gains)
+    if "trained_keys" in f:
+        flat, start = f["trained_values"], 0
+        for key in (str(k) for k in f["trained_keys"]):
+            size = state_dict[key].size
+            state_dict[key] = flat[start:start + size].reshape(state_dict[key].shape)
+            start += size
+        assert start == flat.size
+    return f, state_dict
 
 
 def box_iou(a, b):
@@ -47,6 +57,33 @@ def box_iou(a, b):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_converted_model_gives_torchvisions_proposals_and_detections(arch):
     f, state_dict = fixture_state_dict(arch)
+    det = assert_same_outputs_as_torchvision(arch, f, state_dict)
+    assert min(det["num_detections"]) > 10
+
+
+def test_a_fine_tuned_checkpoint_gives_torchvisions_detections():
+    """The R50-FPN fixture fine-tuned a little in torchvision (the last layer of each stage,
+    tools/make_faster_rcnn_fixture.py --finetune): its detections are confident ones on the
+    boxes it was trained on, and kft's converted model gives the same."""
+    arch = "fasterrcnn_resnet50_fpn"
+    f, state_dict = fixture_state_dict(arch, f"{arch}_finetuned")
+    seeded_only = fixture_state_dict(arch)[1]
+    for key in (str(k) for k in f["trained_keys"]):   # the fine-tune really moved them
+        assert np.abs(state_dict[key] - seeded_only[key]).max() > 1e-3, key
+    assert f["finetune_losses"][-1] < 0.5 * f["finetune_losses"][0]
+    det = assert_same_outputs_as_torchvision(arch, f, state_dict)
+    for i in range(len(f["images"])):   # torchvision's top detections are the trained boxes
+        d = int(f["num_detections"][i])
+        for box, label in zip(f["finetune_boxes"][i], f["finetune_labels"][i], strict=True):
+            hit = (box_iou(box[None], f["boxes"][i, :d])[0] >= 0.5) & (
+                f["labels"][i, :d] == label) & (f["scores"][i, :d] >= 0.5)
+            assert hit.any(), (i, box, label)
+        assert int(det["num_detections"][i]) >= 2
+
+
+def assert_same_outputs_as_torchvision(arch, f, state_dict):
+    """Converts ``state_dict`` into kft's ``arch`` and checks its proposals and detections on
+    the fixture's photos against torchvision's; returns kft's detections."""
     assert detect_arch(state_dict) == arch
     images = f["images"].astype("float32")
     model = FasterRCNN.from_arch(arch, num_classes_of(state_dict), image_size=images.shape[1])
@@ -77,13 +114,14 @@ def test_converted_model_gives_torchvisions_proposals_and_detections(arch):
         assert abs(k - d) <= 1, (k, d)
         cut = f["scores"][i, d - 1] + 1e-3 if d == model.max_detections else -1.0
         theirs = [j for j in range(d) if f["scores"][i, j] > cut]
-        assert len(theirs) > 10
+        assert theirs
         iou = box_iou(f["boxes"][i, theirs], det["boxes"][i, :k])
         for row, j in enumerate(theirs):
             same = np.where(det["labels"][i, :k] == f["labels"][i, j] - 1, iou[row], -1.0)
             m = int(np.argmax(same))
             assert np.abs(det["boxes"][i, m] - f["boxes"][i, j]).max() <= 1.0, (i, j)
             assert abs(det["scores"][i, m] - f["scores"][i, j]) <= 1e-3, (i, j)
+    return det
 
 
 def test_reading_checkpoints(tmp_path):

@@ -188,3 +188,32 @@ def test_backbone_surgery_from_a_recipe_trains_the_new_layers(capsys):
     moved = [p for p, v in before.items() if not np.array_equal(
         v, ops.convert_to_numpy(next(w for w in model.backbone.weights if w.path == p)))]
     assert any("separable" in p for p in moved) and any("excite" in p for p in moved)
+
+
+def test_fit_under_mixed_float16_learns_with_loss_scaling():
+    """T5 (the R2 recipes' train.mixed_precision=float16): float16 compute, float32 variables,
+    a loss-scaled optimiser; losses, targets and detections stay float32 and the model still
+    learns the batch and finds every object."""
+    keras.config.set_dtype_policy("mixed_float16")
+    model = tiny(num_classes=3, seed=1)
+    images, targets = scene()
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    conv = [layer for layer in model._flatten_layers() if isinstance(layer, keras.layers.Conv2D)]
+    assert conv and all(layer.compute_dtype == "float16" for layer in conv)
+    assert all(v.dtype == "float32" for v in model.trainable_variables)
+    raw = model(images, training=True)
+    loss = model.compute_loss(images, targets, raw, training=True)
+    assert loss.dtype == "float32" and np.isfinite(float(loss))
+    history = model.fit(images, targets, epochs=60, batch_size=2, verbose=0).history
+    assert np.all(np.isfinite(history["loss"]))
+    assert history["loss"][-1] < 0.35 * history["loss"][0], history["loss"][::10]
+    det = model.predict(images, verbose=0)
+    assert det["boxes"].dtype == np.float32 and det["scores"].dtype == np.float32
+    for i in range(2):
+        real = targets["labels"][i] >= 0
+        k = int(det["num_detections"][i])
+        iou = np.asarray(pairwise_iou(ops.convert_to_tensor(targets["boxes"][i][real]),
+                                      ops.convert_to_tensor(det["boxes"][i, :k])))
+        for g, label in enumerate(targets["labels"][i][real]):
+            assert ((iou[g] >= 0.5) & (det["labels"][i, :k] == label)).any(), (i, g)
