@@ -116,11 +116,19 @@ def _short(names: list, n: int = 6) -> str:
 
 
 def read_config(path: Path) -> cfg.Recipe:
-    """The recipe saved in a run's ``config.json``; a file that is not one is a ConfigError."""
+    """The recipe saved in a run's ``config.json``; a file that is not one is a ConfigError.
+
+    Runs written before the plan cleared ``train.warmup_epochs`` once it had become
+    ``train.warmup_steps`` hold both (which a recipe may not): the steps, which the run
+    trained with, are kept."""
     try:
-        return cfg.from_dict(json.loads(path.read_text()))
+        recipe = cfg.from_dict(json.loads(path.read_text()))
     except (json.JSONDecodeError, TypeError, AttributeError) as e:
         raise cfg.ConfigError(f"{path}: not a kft config.json ({e})") from e
+    t = recipe.train
+    if t.warmup_epochs > 0 and t.warmup_steps > 0:
+        recipe = dataclasses.replace(recipe, train=dataclasses.replace(t, warmup_epochs=0.0))
+    return recipe
 
 
 def override_keys(overrides) -> list[str]:

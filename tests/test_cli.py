@@ -18,10 +18,24 @@ def finished_run(tmp_path_factory):
     recipe = cfg.Recipe(name="cli", data=cfg.Data(root=str(tmp / "data"), image_size=32),
                         model=cfg.Model(arch="resnet_tiny"),
                         train=cfg.Train(epochs=1, batch_size=4, optimizer="adam",
-                                        learning_rate=1e-3),
+                                        learning_rate=1e-3, warmup_epochs=0.5),
                         export=cfg.Export(enabled=False))
     run_recipe(recipe, tmp / "run", verbose=0)
     return tmp
+
+
+def test_a_runs_config_gives_its_warmup_once(finished_run, tmp_path):
+    """warmup_epochs (as quickstart_classify has) becomes warmup_steps in config.json, and
+    only those: a run saved with both (kft before the fix) reads back with its steps."""
+    from kft.run import read_config
+
+    saved = json.loads((finished_run / "run" / "config.json").read_text())
+    assert saved["train"]["warmup_steps"] == 2 and saved["train"]["warmup_epochs"] == 0
+    assert saved["resolved"]["train.warmup_steps"]["to"] == 2
+    saved["train"]["warmup_epochs"] = 0.5
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    recipe = read_config(tmp_path / "config.json")
+    assert (recipe.train.warmup_steps, recipe.train.warmup_epochs) == (2, 0.0)
 
 
 def test_eval_export_predict(finished_run):

@@ -13,8 +13,8 @@ and records them in ``config.json`` under ``"resolved"``):
   between :data:`MIN_EPOCHS` and :data:`MAX_EPOCHS`.
 * ``train.learning_rate``: ``0`` picks the optimiser's usual fine-tuning rate
   (:data:`AUTO_LEARNING_RATES`).
-* ``train.warmup_epochs`` becomes ``train.warmup_steps``; a warm-up as long as the run is an
-  error naming both numbers.
+* ``train.warmup_epochs`` becomes ``train.warmup_steps`` (and is set to 0: the resolved recipe
+  gives the warm-up once); a warm-up as long as the run is an error naming both numbers.
 * ``train.head_epochs`` / ``train.backbone_lr_scale`` (the fine-tuning policy) become 0 / 1
   when the model has no pretrained weights to keep.
 
@@ -142,7 +142,9 @@ def plan_training(recipe: cfg.Recipe, num_train: int) -> tuple[cfg.Recipe, list[
         warmup = max(1, int(round(t.warmup_epochs * steps)))
         changes.append(Change("train.warmup_steps", t.warmup_steps, warmup,
                               f"train.warmup_epochs={t.warmup_epochs:g} of {steps} steps"))
-        updates["warmup_steps"] = warmup
+        # config.json records the steps alone (a recipe with both is refused): kft eval,
+        # export, predict and --resume read it back as it was run
+        updates["warmup_steps"], updates["warmup_epochs"] = warmup, 0.0
     if warmup >= total:
         raise cfg.ConfigError(
             f"the warm-up ({warmup} steps) is as long as the whole run ({epochs} epochs of "

@@ -6,6 +6,7 @@ import keras
 import pytest
 
 from kft import config as cfg
+from kft.validate import validate_recipe
 from kft.train.plan import (
     auto_batch_size,
     auto_epochs,
@@ -44,6 +45,8 @@ def test_warmup_in_epochs_becomes_steps():
     recipe, changes, steps = plan_training(_recipe(batch_size=10, epochs=5,
                                                    warmup_epochs=1.5), 100)
     assert steps == 10 and recipe.train.warmup_steps == 15
+    assert recipe.train.warmup_epochs == 0  # given once: the resolved recipe validates
+    validate_recipe(recipe)
     assert any(c.key == "train.warmup_steps" and c.new == 15 for c in changes)
 
 
