@@ -15,6 +15,10 @@ Every image comes from a real image that a PyPI package ships; nothing is genera
   splits never share a pixel. Crops are 50-100 % of the tile's height and width,
   independently, so they come in many sizes and aspect ratios, and are written at their own
   resolution (kft resizes them).
+* ``photos_holdout``: built as ``photos`` from other images, to check the recipe's rules
+  on a task that chose none of them: SOURCE is all ten photographs of ``photos``; TARGET
+  scikit-image's ``hubble_deep_field``, ``immunohistochemistry``, ``retina``, ``coins`` and
+  ``moon``.
 
 For each task, under ``OUT/<task>/``::
 
@@ -55,7 +59,7 @@ TEST = 40  # photos: test crops per target class (digits: every remaining sample
 MIN_TEST = 30
 SOURCE_TRAIN, SOURCE_VAL = 200, 50  # photos: crops per source class
 TILE = 120  # photos: tile side in pixels (about)
-TASKS = ("digits", "photos")
+TASKS = ("digits", "photos", "photos_holdout")
 
 # (class name, loader name): where each photograph comes from.
 SOURCE_PHOTOS = (("astronaut", "skimage:astronaut"), ("coffee", "skimage:coffee"),
@@ -64,6 +68,11 @@ SOURCE_PHOTOS = (("astronaut", "skimage:astronaut"), ("coffee", "skimage:coffee"
 TARGET_PHOTOS = (("chelsea", "skimage:chelsea"), ("camera", "skimage:camera"),
                  ("gravel", "skimage:gravel"), ("china", "sklearn:china.jpg"),
                  ("flower", "sklearn:flower.jpg"))
+# photos_holdout: a task kept out of every choice of the recipe's rules (README "Few-shot"):
+# its source model learns all ten photos above; its targets are five other real images.
+HOLDOUT_PHOTOS = (("hubble", "skimage:hubble_deep_field"),
+                  ("ihc", "skimage:immunohistochemistry"), ("retina", "skimage:retina"),
+                  ("coins", "skimage:coins"), ("moon", "skimage:moon"))
 
 
 class DataError(RuntimeError):
@@ -254,6 +263,42 @@ def build_photos(out: Path, seed: int = 0) -> dict:
         "photos": {"source": source, "target": target}})
 
 
+def build_photos_holdout(out: Path, seed: int = 0) -> dict:
+    """Writes the ``photos_holdout`` task under ``out/photos_holdout``; returns its manifest.
+
+    Built like ``photos``, with other classes: SOURCE is all ten photographs of ``photos``
+    (:data:`SOURCE_PHOTOS` + :data:`TARGET_PHOTOS`), TARGET the five images of
+    :data:`HOLDOUT_PHOTOS` (a galaxy field, a stained tissue slide, a retina scan, coins and
+    the moon; two of them greyscale). It was defined before the recipe's rules were last
+    changed and is only run to check them, never to choose them.
+    """
+    rng = np.random.default_rng([seed, 3])
+    task_dir = _fresh(out / "photos_holdout")
+    files: list[dict] = []
+    source_photos = SOURCE_PHOTOS + TARGET_PHOTOS
+    source = _photo_classes(task_dir, source_photos,
+                            {"train": ("source", "train", SOURCE_TRAIN),
+                             "val": ("source", "val", SOURCE_VAL)},
+                            {"train": 0.75, "val": 0.25}, rng, files)
+    target = _photo_classes(task_dir, HOLDOUT_PHOTOS,
+                            {"train": ("target", "train", TARGET_SHOTS),
+                             "dev": ("target_dev", "val", DEV),
+                             "test": ("target", "val", TEST)},
+                            {"train": 0.25, "dev": 0.25, "test": 0.5}, rng, files)
+    _copy_train_to_dev(task_dir, files)
+    return _finish(task_dir, "photos_holdout", seed, files, {
+        "source": "real images shipped by scikit-image (skimage.data) and scikit-learn "
+                  "(load_sample_image)",
+        "source_classes": [n for n, _ in source_photos],
+        "target_classes": [n for n, _ in HOLDOUT_PHOTOS],
+        "orientation_sensitive": False,
+        "held_out": True,
+        "how": "as photos: a class is one image, a sample a random crop inside one tile of a "
+               f"~{TILE}px grid, tiles dealt to one split each; source = the ten photos of "
+               "the photos task, target = five other images (not used to choose any rule)",
+        "photos": {"source": source, "target": target}})
+
+
 def _finish(task_dir: Path, task: str, seed: int, files: list[dict], about: dict) -> dict:
     counts: dict[str, dict[str, dict[str, int]]] = {}
     for e in files:
@@ -269,7 +314,8 @@ def _finish(task_dir: Path, task: str, seed: int, files: list[dict], about: dict
     return manifest
 
 
-BUILDERS = {"digits": build_digits, "photos": build_photos}
+BUILDERS = {"digits": build_digits, "photos": build_photos,
+            "photos_holdout": build_photos_holdout}
 
 
 def describe(manifest: dict) -> str:

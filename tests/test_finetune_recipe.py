@@ -73,6 +73,9 @@ def test_finetune_recipe_settles_its_settings_from_the_data_and_the_source(sourc
     assert "3 images drawn again" in out  # 6 x 4 = 24 places for 21 images: none left out
     saved = cfg.from_dict(json.loads((run / "config.json").read_text()))
     assert saved.train.batch_size == 4 and saved.model.arch == "resnet_tiny"
+    # the policy: head first, then the backbone at a lower rate (0.3, chosen on fewshot's dev
+    # splits)
+    assert saved.train.backbone_lr_scale == 0.3 and "at 0.3 x the learning rate" in out
     history = read_history(run / "history.csv")
     assert len(history["loss"]) == 4
     assert [int(r.split(",")[0]) for r in (run / "history.csv").read_text().split()[1:]] == [

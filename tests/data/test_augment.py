@@ -236,3 +236,7 @@ def test_presets_by_kind_of_image():
     assert [type(s).__name__ for s in restored.stages] == [type(s).__name__
                                                            for s in natural.stages]
     assert [s.p for s in restored.stages] == [s.p for s in natural.stages]
+    # natural photos keep their colours (classes are often told apart by them): brightness
+    # and contrast only, as fastai's lighting
+    colour = natural.stages[-1]
+    assert (colour.brightness, colour.contrast, colour.saturation) == (0.2, 0.2, 0.0)
