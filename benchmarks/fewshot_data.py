@@ -238,28 +238,36 @@ def build_photos(out: Path, seed: int = 0) -> dict:
     :data:`SOURCE_VAL` crops per class. TARGET: :data:`TARGET_PHOTOS`, tiles dealt 25 % train,
     25 % dev, 50 % test; :data:`TARGET_SHOTS` / :data:`DEV` / :data:`TEST` crops per class.
     """
-    rng = np.random.default_rng([seed, 2])
-    task_dir = _fresh(out / "photos")
+    return _photo_task(out, "photos", [seed, 2], SOURCE_PHOTOS, TARGET_PHOTOS, seed, {
+        "source": "real photographs shipped by scikit-image (skimage.data) and scikit-learn "
+                  "(load_sample_image)",
+        "how": "a class is one photograph, a sample a random crop (50-100 % of a tile's height "
+               f"and width) inside one tile of a ~{TILE}px grid; each tile belongs to one split, "
+               "so crops of different splits never overlap; greyscale photos stored as RGB"})
+
+
+def _photo_task(out: Path, task: str, rng_seed, source_photos, target_photos, seed: int,
+                about: dict) -> dict:
+    """A photo task under ``out/<task>``: SOURCE tiles dealt 75 % train / 25 % val,
+    :data:`SOURCE_TRAIN` / :data:`SOURCE_VAL` crops per class; TARGET tiles dealt 25 % train,
+    25 % dev, 50 % test, :data:`TARGET_SHOTS` / :data:`DEV` / :data:`TEST` crops per class.
+    Returns the manifest (``about`` added)."""
+    rng = np.random.default_rng(rng_seed)
+    task_dir = _fresh(out / task)
     files: list[dict] = []
-    source = _photo_classes(task_dir, SOURCE_PHOTOS,
+    source = _photo_classes(task_dir, source_photos,
                             {"train": ("source", "train", SOURCE_TRAIN),
                              "val": ("source", "val", SOURCE_VAL)},
                             {"train": 0.75, "val": 0.25}, rng, files)
-    target = _photo_classes(task_dir, TARGET_PHOTOS,
+    target = _photo_classes(task_dir, target_photos,
                             {"train": ("target", "train", TARGET_SHOTS),
                              "dev": ("target_dev", "val", DEV),
                              "test": ("target", "val", TEST)},
                             {"train": 0.25, "dev": 0.25, "test": 0.5}, rng, files)
     _copy_train_to_dev(task_dir, files)
-    return _finish(task_dir, "photos", seed, files, {
-        "source": "real photographs shipped by scikit-image (skimage.data) and scikit-learn "
-                  "(load_sample_image)",
-        "source_classes": [n for n, _ in SOURCE_PHOTOS],
-        "target_classes": [n for n, _ in TARGET_PHOTOS],
-        "orientation_sensitive": False,
-        "how": "a class is one photograph, a sample a random crop (50-100 % of a tile's height "
-               f"and width) inside one tile of a ~{TILE}px grid; each tile belongs to one split, "
-               "so crops of different splits never overlap; greyscale photos stored as RGB",
+    return _finish(task_dir, task, seed, files, {
+        **about, "source_classes": [n for n, _ in source_photos],
+        "target_classes": [n for n, _ in target_photos], "orientation_sensitive": False,
         "photos": {"source": source, "target": target}})
 
 
@@ -272,31 +280,14 @@ def build_photos_holdout(out: Path, seed: int = 0) -> dict:
     the moon; two of them greyscale). It was defined before the recipe's rules were last
     changed and is only run to check them, never to choose them.
     """
-    rng = np.random.default_rng([seed, 3])
-    task_dir = _fresh(out / "photos_holdout")
-    files: list[dict] = []
-    source_photos = SOURCE_PHOTOS + TARGET_PHOTOS
-    source = _photo_classes(task_dir, source_photos,
-                            {"train": ("source", "train", SOURCE_TRAIN),
-                             "val": ("source", "val", SOURCE_VAL)},
-                            {"train": 0.75, "val": 0.25}, rng, files)
-    target = _photo_classes(task_dir, HOLDOUT_PHOTOS,
-                            {"train": ("target", "train", TARGET_SHOTS),
-                             "dev": ("target_dev", "val", DEV),
-                             "test": ("target", "val", TEST)},
-                            {"train": 0.25, "dev": 0.25, "test": 0.5}, rng, files)
-    _copy_train_to_dev(task_dir, files)
-    return _finish(task_dir, "photos_holdout", seed, files, {
+    return _photo_task(out, "photos_holdout", [seed, 3], SOURCE_PHOTOS + TARGET_PHOTOS,
+                       HOLDOUT_PHOTOS, seed, {
         "source": "real images shipped by scikit-image (skimage.data) and scikit-learn "
                   "(load_sample_image)",
-        "source_classes": [n for n, _ in source_photos],
-        "target_classes": [n for n, _ in HOLDOUT_PHOTOS],
-        "orientation_sensitive": False,
         "held_out": True,
         "how": "as photos: a class is one image, a sample a random crop inside one tile of a "
                f"~{TILE}px grid, tiles dealt to one split each; source = the ten photos of "
-               "the photos task, target = five other images (not used to choose any rule)",
-        "photos": {"source": source, "target": target}})
+               "the photos task, target = five other images (not used to choose any rule)"})
 
 
 def _finish(task_dir: Path, task: str, seed: int, files: list[dict], about: dict) -> dict:

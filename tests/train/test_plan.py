@@ -6,7 +6,6 @@ import keras
 import pytest
 
 from kft import config as cfg
-from kft.validate import validate_recipe
 from kft.train.plan import (
     auto_batch_size,
     auto_epochs,
@@ -14,6 +13,7 @@ from kft.train.plan import (
     plan_bn_momentum,
     plan_training,
 )
+from kft.validate import validate_recipe
 
 
 def _recipe(**train):
