@@ -126,7 +126,9 @@ def read_config(path: Path) -> cfg.Recipe:
     except (json.JSONDecodeError, TypeError, AttributeError) as e:
         raise cfg.ConfigError(f"{path}: not a kft config.json ({e})") from e
     t = recipe.train
-    if t.warmup_epochs > 0 and t.warmup_steps > 0:
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                  for v in (t.warmup_epochs, t.warmup_steps))
+    if numbers and t.warmup_epochs > 0 and t.warmup_steps > 0:  # (a bad type: validation's)
         recipe = dataclasses.replace(recipe, train=dataclasses.replace(t, warmup_epochs=0.0))
     return recipe
 
@@ -167,6 +169,11 @@ def _unvalidated(recipe_path: str, overrides, output: str | None, resume: bool):
     saved = run_dir / "config.json"
     if resume and saved.is_file():
         recipe = read_config(saved)
+        keys = override_keys(overrides)
+        if "train.warmup_epochs" in keys and "train.warmup_steps" not in keys:
+            # config.json holds the planned warm-up in steps: a new one in epochs replaces it
+            recipe = dataclasses.replace(
+                recipe, train=dataclasses.replace(recipe.train, warmup_steps=0))
     recipe = cfg.apply_overrides(recipe, list(overrides))
     adapted = adapt_generation(recipe, override_keys(overrides))
     return adapted, recipe.data.generate if adapted is not recipe else "", run_dir

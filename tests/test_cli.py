@@ -36,6 +36,25 @@ def test_a_runs_config_gives_its_warmup_once(finished_run, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(saved))
     recipe = read_config(tmp_path / "config.json")
     assert (recipe.train.warmup_steps, recipe.train.warmup_epochs) == (2, 0.0)
+    assert saved["resolved"]["train.warmup_epochs"]["to"] == 0  # the clearing is recorded
+    saved["train"]["warmup_epochs"] = None  # hand-edited: validation's message, no traceback
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert read_config(tmp_path / "config.json").train.warmup_epochs is None
+
+
+def test_resume_with_a_new_warmup_in_epochs_replaces_the_saved_steps(finished_run, tmp_path):
+    """config.json holds the warm-up in steps; --resume --set train.warmup_epochs=... must not
+    be refused for giving both."""
+    from kft.run import _unvalidated
+
+    run = finished_run / "run"
+    recipe_file = tmp_path / "r.py"
+    recipe_file.write_text("from kft.config import Recipe\nRECIPE = Recipe(name='cli')\n")
+    recipe, _, _ = _unvalidated(str(recipe_file), ["train.warmup_epochs=0.25"], str(run),
+                                resume=True)
+    assert (recipe.train.warmup_steps, recipe.train.warmup_epochs) == (0, 0.25)
+    recipe, _, _ = _unvalidated(str(recipe_file), ["train.epochs=2"], str(run), resume=True)
+    assert (recipe.train.warmup_steps, recipe.train.warmup_epochs) == (2, 0.0)
 
 
 def test_eval_export_predict(finished_run):

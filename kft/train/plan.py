@@ -144,12 +144,17 @@ def plan_training(recipe: cfg.Recipe, num_train: int) -> tuple[cfg.Recipe, list[
                               f"train.warmup_epochs={t.warmup_epochs:g} of {steps} steps"))
         # config.json records the steps alone (a recipe with both is refused): kft eval,
         # export, predict and --resume read it back as it was run
+        changes.append(Change("train.warmup_epochs", t.warmup_epochs, 0.0,
+                              f"given as train.warmup_steps={warmup}"))
         updates["warmup_steps"], updates["warmup_epochs"] = warmup, 0.0
     if warmup >= total:
+        fix = (f"a smaller train.warmup_epochs (below {epochs}) or more train.epochs"
+               if t.warmup_epochs > 0 else
+               "train.warmup_epochs (e.g. 1) in place of train.warmup_steps, or more train.epochs")
         raise cfg.ConfigError(
             f"the warm-up ({warmup} steps) is as long as the whole run ({epochs} epochs of "
             f"{steps} steps = {total}): the learning rate would never reach "
-            "train.learning_rate; use train.warmup_epochs (e.g. 1) or more train.epochs")
+            f"train.learning_rate; use {fix}")
     if warmup > total // 2:
         print(f"[kft] warning: the warm-up ({warmup} steps) is over half of the run ({total} "
               "steps)")

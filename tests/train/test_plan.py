@@ -54,6 +54,9 @@ def test_a_warmup_as_long_as_the_run_is_an_error():
     """ssdlite_mobilenet_voc.py used to spend all 555 steps of a 15-epoch run warming up."""
     with pytest.raises(cfg.ConfigError, match="as long as the whole run.*555"):
         plan_training(_recipe(batch_size=32, epochs=15, warmup_steps=1000), 37 * 32)
+    # given in epochs, the advice is a shorter warm-up in epochs (1 would be refused here)
+    with pytest.raises(cfg.ConfigError, match=r"smaller train.warmup_epochs \(below 1\)"):
+        plan_training(_recipe(batch_size=10, epochs=1, warmup_epochs=0.99), 100)
 
 
 def test_bn_momentum_follows_the_run_length():
