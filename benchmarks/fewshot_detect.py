@@ -19,7 +19,7 @@ fine-tuning beats scratch by at least ``--min-gain`` AP50 (issue 9: 0.15).
 
     python benchmarks/fewshot_detect.py [--data /work/fewshot/detect]
         [--runs /work/fewshot/druns] [--source-epochs 60] [--target-epochs 30]
-        [--reuse] [--out results.json]
+        [--source-run RUN] [--reuse] [--out results.json]
 
 ``--reuse`` keeps a run whose command and metrics are on disk. kft runs under ``--kft-python``
 (default: the repository's ``.venv``); the JSON names the repository's commit.
@@ -49,6 +49,15 @@ def log(message: str) -> None:
     print(f"[fewshot_detect] {message}", file=sys.stderr, flush=True)
 
 
+def did(config: dict) -> dict:
+    """What a run trained with: config.json's values, as resolved by the run."""
+    resolved = config.get("resolved", {})
+    keys = ("train.epochs", "train.batch_size", "train.learning_rate", "train.warmup_steps",
+            "train.optimizer", "model.bn_momentum")
+    return {key: resolved[key]["to"] if key in resolved else
+            config[key.split(".")[0]][key.split(".")[1]] for key in keys}
+
+
 def run_kft(python: str, runs: Path, name: str, sets: tuple[str, ...], reuse: bool) -> dict:
     """Runs (or, with ``reuse``, re-reads) one recipe run; returns its record."""
     out = runs / name
@@ -72,15 +81,21 @@ def run_kft(python: str, runs: Path, name: str, sets: tuple[str, ...], reuse: bo
     record = {"command": cmd[1:], "seconds": round(time.time() - start, 1),
               "AP50": round(m["bbox_AP50"], 4), "AP": round(m["bbox_AP"], 4),
               "images": m["num_images"], "split": m["split"],
-              "did": {k: config["train"][k] for k in ("epochs", "batch_size", "learning_rate",
-                                                      "warmup_steps", "optimizer")}
-              | {"bn_momentum": config["model"].get("bn_momentum"),
-                 "load_from": config["model"].get("load_from", "")},
+              "did": did(config) | {"load_from": config["model"].get("load_from", "")},
               "kft_notes": [line for line in proc.stdout.splitlines()
                             if line.startswith("[kft]")]}
     record_path.write_text(json.dumps(record, indent=1))
     log(f"{name}: AP50 {record['AP50']:.3f} in {record['seconds']:.0f} s")
     return record
+
+
+def existing_run(run: Path) -> dict:
+    """The record of a source run made outside this script (``--source-run``)."""
+    m = json.loads((run / "metrics.json").read_text())
+    config = json.loads((run / "config.json").read_text())
+    return {"command": f"an existing run: {run}", "AP50": round(m["bbox_AP50"], 4),
+            "AP": round(m["bbox_AP"], 4), "images": m["num_images"], "split": m["split"],
+            "did": did(config) | {"data.root": config["data"]["root"]}}
 
 
 def main(argv=None) -> int:
@@ -92,6 +107,8 @@ def main(argv=None) -> int:
     parser.add_argument("--target-epochs", type=int, default=30)
     parser.add_argument("--min-source-ap50", type=float, default=0.3)
     parser.add_argument("--min-gain", type=float, default=0.15)
+    parser.add_argument("--source-run", type=Path, default=None,
+                        help="Use this finished run on SOURCE instead of training one.")
     parser.add_argument("--reuse", action="store_true")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -102,10 +119,17 @@ def main(argv=None) -> int:
         return 2
     manifest = json.loads(manifest_path.read_text())
     roots = manifest["roots"]
-    source = run_kft(args.kft_python, args.runs, "source",
-                     (f"data.root={roots['source']}", *DATA_SETS, *SOURCE_SETS,
-                      f"train.epochs={args.source_epochs}"), args.reuse)
-    source_model = args.runs / "source" / "model.keras"
+    if args.source_run:
+        source, source_model = existing_run(args.source_run), args.source_run / "model.keras"
+        if source["did"]["data.root"] != roots["source"]:
+            print(f"fewshot_detect: error: --source-run {args.source_run} trained on "
+                  f"{source['did']['data.root']}, not {roots['source']}", file=sys.stderr)
+            return 2
+    else:
+        source = run_kft(args.kft_python, args.runs, "source",
+                         (f"data.root={roots['source']}", *DATA_SETS, *SOURCE_SETS,
+                          f"train.epochs={args.source_epochs}"), args.reuse)
+        source_model = args.runs / "source" / "model.keras"
     folds = {}
     for fold in FOLDS:
         common = (f"data.root={roots[f'target_{fold}']}", *DATA_SETS, *TARGET_SETS,

@@ -46,7 +46,7 @@ import numpy as np
 
 SOURCE_PHOTOS = ("2019_YELL_2_528000_4978000_image_crop2", "2019_YELL_2_541000_4977000_image_crop")
 TARGET_PHOTOS = ("OSBS_029", "SOAP_061")
-SOURCE_TILE = 400  # source tile side, pixels (about)
+SOURCE_TILE = 200  # source tile side, pixels (about): crowns at the scale of the target crops
 SOURCE_VAL_FRACTION = 0.2
 SOURCE_TRAIN, SOURCE_VAL = 300, 40  # source crops
 TARGET_TRAIN = 40  # target training crops per fold (20 per photograph)
