@@ -167,15 +167,15 @@ def _unvalidated(recipe_path: str, overrides, output: str | None, resume: bool):
     recipe = cfg.load_recipe(recipe_path)
     run_dir = Path(output) if output else Path("runs") / recipe.name
     saved = run_dir / "config.json"
+    keys = override_keys(overrides)
     if resume and saved.is_file():
         recipe = read_config(saved)
-        keys = override_keys(overrides)
         if "train.warmup_epochs" in keys and "train.warmup_steps" not in keys:
             # config.json holds the planned warm-up in steps: a new one in epochs replaces it
             recipe = dataclasses.replace(
                 recipe, train=dataclasses.replace(recipe.train, warmup_steps=0))
     recipe = cfg.apply_overrides(recipe, list(overrides))
-    adapted = adapt_generation(recipe, override_keys(overrides))
+    adapted = adapt_generation(recipe, keys)
     return adapted, recipe.data.generate if adapted is not recipe else "", run_dir
 
 
