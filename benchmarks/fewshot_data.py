@@ -106,10 +106,13 @@ def load_photo(spec: str) -> np.ndarray:
     return image
 
 
-def tile_grid(height: int, width: int, tile: int = TILE) -> list[tuple[int, int, int, int]]:
+def tile_grid(height: int, width: int, tile: int = TILE,
+              min_cells: int = 2) -> list[tuple[int, int, int, int]]:
     """Non-overlapping tiles covering a ``height`` x ``width`` image, about ``tile`` pixels a
-    side, as ``(y0, x0, y1, x1)`` half-open pixel boxes, row by row."""
-    rows, cols = max(2, round(height / tile)), max(2, round(width / tile))
+    side (at least ``min_cells`` rows and columns), as ``(y0, x0, y1, x1)`` half-open pixel
+    boxes, row by row. ``fewshot_detect_data.py`` uses it too."""
+    rows = max(min_cells, round(height / tile))
+    cols = max(min_cells, round(width / tile))
     ys = np.linspace(0, height, rows + 1).round().astype(int)
     xs = np.linspace(0, width, cols + 1).round().astype(int)
     return [(int(ys[r]), int(xs[c]), int(ys[r + 1]), int(xs[c + 1]))
@@ -133,11 +136,16 @@ def assign_tiles(num_tiles: int, fractions: dict[str, float], rng) -> dict[str, 
     return out
 
 
-def random_crop_box(tile: tuple[int, int, int, int], rng) -> tuple[int, int, int, int]:
-    """A crop ``(y0, x0, y1, x1)`` inside ``tile``, 50-100 % of its height and width each."""
+def random_crop_box(tile: tuple[int, int, int, int], rng, min_height: int | None = None,
+                    min_width: int | None = None) -> tuple[int, int, int, int]:
+    """A crop ``(y0, x0, y1, x1)`` inside ``tile``, its height and width drawn independently
+    between ``min_height`` / ``min_width`` (default: half the tile's, rounded up) and the
+    tile's. ``fewshot_detect_data.py`` uses it too."""
     y0, x0, y1, x1 = tile
-    h = int(rng.integers((y1 - y0 + 1) // 2, y1 - y0 + 1))
-    w = int(rng.integers((x1 - x0 + 1) // 2, x1 - x0 + 1))
+    low_h = (y1 - y0 + 1) // 2 if min_height is None else min_height
+    low_w = (x1 - x0 + 1) // 2 if min_width is None else min_width
+    h = int(rng.integers(low_h, y1 - y0 + 1))
+    w = int(rng.integers(low_w, x1 - x0 + 1))
     top = y0 + int(rng.integers(0, y1 - y0 - h + 1))
     left = x0 + int(rng.integers(0, x1 - x0 - w + 1))
     return top, left, top + h, left + w

@@ -43,6 +43,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+from fewshot_data import random_crop_box, tile_grid  # this folder's sibling script
 
 SOURCE_PHOTOS = ("2019_YELL_2_528000_4978000_image_crop2", "2019_YELL_2_541000_4977000_image_crop")
 TARGET_PHOTOS = ("OSBS_029", "SOAP_061")
@@ -101,22 +102,10 @@ def crop_boxes(boxes: np.ndarray, crop: tuple[int, int, int, int]) -> tuple[np.n
     return kept, int(np.sum(touching & ~keep))
 
 
-def tiles(height: int, width: int, side: int) -> list[tuple[int, int, int, int]]:
-    rows, cols = max(1, round(height / side)), max(1, round(width / side))
-    ys = np.linspace(0, height, rows + 1).round().astype(int)
-    xs = np.linspace(0, width, cols + 1).round().astype(int)
-    return [(int(ys[r]), int(xs[c]), int(ys[r + 1]), int(xs[c + 1]))
-            for r in range(rows) for c in range(cols)]
-
-
 def random_crop(region: tuple[int, int, int, int], rng, low: float = 0.5):
     """A crop inside ``region``, ``low``-100 % of its height and width, independently."""
     y0, x0, y1, x1 = region
-    h = int(rng.integers(int((y1 - y0) * low), y1 - y0 + 1))
-    w = int(rng.integers(int((x1 - x0) * low), x1 - x0 + 1))
-    top = y0 + int(rng.integers(0, y1 - y0 - h + 1))
-    left = x0 + int(rng.integers(0, x1 - x0 - w + 1))
-    return top, left, top + h, left + w
+    return random_crop_box(region, rng, int((y1 - y0) * low), int((x1 - x0) * low))
 
 
 class VOCWriter:
@@ -169,7 +158,7 @@ def build(wheel: Path, out: Path, seed: int = 0) -> dict:
     # source: tiles dealt to train / val, crops inside one tile each
     regions: dict[str, list] = {"train": [], "val": []}
     for name in SOURCE_PHOTOS:
-        grid = tiles(*photos[name][0].shape[:2], SOURCE_TILE)
+        grid = tile_grid(*photos[name][0].shape[:2], SOURCE_TILE, min_cells=1)
         order = rng.permutation(len(grid))
         n_val = max(1, round(len(grid) * SOURCE_VAL_FRACTION))
         regions["val"] += [(name, grid[i]) for i in order[:n_val]]
@@ -203,7 +192,7 @@ def build(wheel: Path, out: Path, seed: int = 0) -> dict:
         for name in TARGET_PHOTOS:
             image, boxes, _ = photos[name]
             y0, x0, y1, x1 = halves[name][1]
-            for tile in tiles(y1 - y0, x1 - x0, x1 - x0):
+            for tile in tile_grid(y1 - y0, x1 - x0, x1 - x0, min_cells=1):
                 crop = (tile[0] + y0, tile[1] + x0, tile[2] + y0, tile[3] + x0)
                 kept, dropped = crop_boxes(boxes, crop)
                 writer.add("val", name, image, crop, kept, dropped)
