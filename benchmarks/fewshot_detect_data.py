@@ -43,7 +43,9 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-from fewshot_data import random_crop_box, tile_grid  # this folder's sibling script
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling, however it is loaded
+from fewshot_data import random_crop_box, tile_grid  # noqa: E402
 
 SOURCE_PHOTOS = ("2019_YELL_2_528000_4978000_image_crop2", "2019_YELL_2_541000_4977000_image_crop")
 TARGET_PHOTOS = ("OSBS_029", "SOAP_061")

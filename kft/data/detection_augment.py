@@ -221,7 +221,10 @@ class _DetectionLayer(SeededAugmentation):
 # --------------------------------------------------------------------------- geometry
 
 
-@keras.saving.register_keras_serializable(package=_PACKAGE)
+# Registered under its own name: kft.data.augment.RandomHorizontalFlip (images only) is
+# "kft>RandomHorizontalFlip", and one registry name for two classes made deserialisation
+# depend on which module was imported last.
+@keras.saving.register_keras_serializable(package=_PACKAGE, name="DetectionHorizontalFlip")
 class RandomHorizontalFlip(_DetectionLayer):
     """With probability ``p`` mirrors left-right: ``x1' = W - x2``, ``x2' = W - x1``."""
 

@@ -236,6 +236,7 @@ def test_presets_by_kind_of_image():
     assert [type(s).__name__ for s in restored.stages] == [type(s).__name__
                                                            for s in natural.stages]
     assert [s.p for s in restored.stages] == [s.p for s in natural.stages]
+    np.testing.assert_array_equal(restored(images, seed=seed).numpy(), a)  # same pixels
     # natural photos keep their colours (classes are often told apart by them): brightness
     # and contrast only, as fastai's lighting
     colour = natural.stages[-1]
