@@ -11,8 +11,8 @@ TensorFlow was imported before kft. :func:`quiet_tensorflow` (called by ``kft`` 
 ``python -m kft.run``, callable from a script) also hides the lines TensorFlow's C++ core
 prints while it is imported, before its log level applies (``WARNING: All log messages before
 absl::InitializeLog() ...``, ``I0000 ... port.cc ... oneDNN custom operations are on``);
-:class:`quiet_stderr` does the same around any block (``kft predict`` puts the TFLite
-interpreter's start in one).
+:class:`quiet_stderr` does the same around any block (``kft predict`` and the export put
+the TFLite converter and the interpreter's start in one).
 """
 
 import os
@@ -30,6 +30,8 @@ _TF_LOG_LINE = re.compile(r"^(?:([IWEF])\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [^ \]]+:\d
                           r"|\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: ([IWEF]) )")
 _ABSL_BANNER = "WARNING: All log messages before absl::InitializeLog() is called"
 _TFLITE_INFO = "INFO: "  # the TFLite runtime's INFO lines ("INFO: Created TensorFlow Lite XNNPACK")
+_QUANTIZER_SETTINGS = "fully_quantize: "  # the TFLite converter's int8 quantiser prints its
+# settings: "fully_quantize: 0, inference_type: 6, input_inference_type: FLOAT32, ..."
 # ERROR lines that only say that this machine has no usable GPU (hidden when TensorFlow then
 # finds none: the CPU is used, as intended).
 _NO_GPU = re.compile(r"failed call to cuInit|CUDA_ERROR_NO_DEVICE|no CUDA-capable device")
@@ -37,7 +39,7 @@ _NO_GPU = re.compile(r"failed call to cuInit|CUDA_ERROR_NO_DEVICE|no CUDA-capabl
 
 def _hidden(line: str, no_gpu: bool) -> bool:
     """Whether a captured start-up line is TensorFlow noise (see :func:`quiet_tensorflow`)."""
-    if line.startswith((_ABSL_BANNER, _TFLITE_INFO)):
+    if line.startswith((_ABSL_BANNER, _TFLITE_INFO, _QUANTIZER_SETTINGS)):
         return True
     match = _TF_LOG_LINE.match(line)
     if match is None:
@@ -111,8 +113,9 @@ class _QuietLoader:
 
 class quiet_stderr:
     """Context manager: fd 2 into a temporary file, then the file's lines back to stderr
-    without TensorFlow's C++ INFO / WARNING log lines, absl's banner and the TFLite runtime's
-    ``INFO:`` lines (``Created TensorFlow Lite XNNPACK delegate for CPU``). Everything else
+    without TensorFlow's C++ INFO / WARNING log lines, absl's banner, the TFLite runtime's
+    ``INFO:`` lines (``Created TensorFlow Lite XNNPACK delegate for CPU``) and the int8
+    quantiser's ``fully_quantize: ...`` settings line (kft's export). Everything else
     comes through, after the block. Does nothing when ``TF_CPP_MIN_LOG_LEVEL`` is below 2
     (unless ``force``). ``__enter__`` returns a list that :func:`quiet_tensorflow`'s loader
     appends whether a GPU was found to (a no-GPU ERROR line is hidden only after ``False``)."""

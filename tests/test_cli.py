@@ -403,6 +403,8 @@ def test_the_start_up_filter_hides_tensorflow_noise_only():
         "W0000 00:00:1796223643.450904    5372 cudart_stub.cc:31] Could not find cuda drivers",
         "2024-05-01 12:00:00.123456: I tensorflow/core/util/port.cc:113] oneDNN custom ops",
         "INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",
+        "fully_quantize: 0, inference_type: 6, input_inference_type: FLOAT32, "
+        "output_inference_type: FLOAT32",
     ]
     assert all(_hidden(line, no_gpu=False) for line in noise)
     cu_init = ("E0000 00:00:1796223785.352216    7742 cuda_platform.cc:52] failed call to "

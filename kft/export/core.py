@@ -201,6 +201,13 @@ def convert(saved_model_dir: str, fmt: str, calibration: Sequence[np.ndarray] = 
     ``QuantizationDebugger(...).get_nondebug_quantized_model()`` returns, in one conversion
     instead of three (calibration, the debug model, and a float conversion for the names).
     """
+    from kft import quiet_stderr
+
+    with quiet_stderr():  # the converter's C++ log lines (anything else comes through after)
+        return _convert(saved_model_dir, fmt, calibration, keep_float, signature_key)
+
+
+def _convert(saved_model_dir, fmt, calibration, keep_float, signature_key) -> bytes:
     converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, [signature_key])
     if fmt == "float32":
         return converter.convert()
@@ -340,18 +347,27 @@ class TimedInterpreter:
         self.image_shape = tuple(shape[1:])
         self.timings: list[float] = []
         self.warmed_up = False
+        self.invoked = False
 
     def run(self, image: np.ndarray) -> dict[str, np.ndarray]:
         """One float32 ``[1, H, W, 3]`` image -> ``{output name: array}`` (untimed)."""
         x = quantize_input(np.asarray(image, np.float32), self.input)
-        if self.runner is not None:
-            raw = self.runner(**{self.input_name: x})
-        else:
-            self.interpreter.set_tensor(self.input["index"], x)
-            self.interpreter.invoke()
-            raw = {name: self.interpreter.get_tensor(d["index"])
-                   for name, d in self.outputs.items()}
+        if self.invoked:
+            raw = self._invoke(x)
+        else:  # the runtime applies its default delegate at the first call, and prints so
+            from kft import quiet_stderr
+
+            with quiet_stderr():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+                raw = self._invoke(x)
+            self.invoked = True
         return {name: _dequantized(raw[name], self.outputs[name]) for name in self.outputs}
+
+    def _invoke(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        if self.runner is not None:
+            return self.runner(**{self.input_name: x})
+        self.interpreter.set_tensor(self.input["index"], x)
+        self.interpreter.invoke()
+        return {name: self.interpreter.get_tensor(d["index"]) for name, d in self.outputs.items()}
 
     def run_batch(self, images) -> list[dict[str, np.ndarray]]:
         """``float32 [B, H, W, 3]`` -> one output dict per image, each invocation timed."""

@@ -135,6 +135,22 @@ def test_narrow_calibration_range_warns_and_bad_formats_raise(exported, tmp_path
         export_tflite(exported["model"], tmp_path, wrong, formats=("float32",))
 
 
+def test_int8_export_prints_no_converter_or_runtime_noise(tmp_path, capfd):
+    """The int8 quantiser's "fully_quantize: ..." line and the runtime's "INFO: Created
+    TensorFlow Lite XNNPACK delegate" line stay out of a run's output (TF_CPP_MIN_LOG_LEVEL
+    >= 2, kft's default); the report is still written."""
+    keras.utils.set_random_seed(0)
+    model = _tiny_model()
+    x, y = _colour_images(8, 32, seed=3)
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(4)
+    capfd.readouterr()
+    report = export_and_report(model, tmp_path, tf.data.Dataset.from_tensor_slices(x).batch(4),
+                               data, CLASSES, formats=("int8",))
+    err = capfd.readouterr().err
+    assert report["int8"]["num_examples"] == 8
+    assert "fully_quantize" not in err and "XNNPACK" not in err, err
+
+
 def test_quantisation_helpers():
     int8 = {"dtype": np.int8, "quantization": (0.5, -10)}
     q = quantize_input(np.array([0.0, 1.2, 200.0, -100.0], np.float32), int8)
