@@ -19,7 +19,10 @@ fine-tuning beats scratch by at least ``--min-gain`` AP50 (issue 9: 0.15).
 
     python benchmarks/fewshot_detect.py [--data /work/fewshot/detect]
         [--runs /work/fewshot/druns] [--source-epochs 60] [--target-epochs 30]
-        [--source-run RUN] [--reuse] [--out results.json]
+        [--source-run RUN] [--seeds 0,1] [--reuse] [--out results.json]
+
+``--seeds``: the target runs' ``train.seed`` values (one fine-tune and one scratch run per fold
+and seed; a fold's gain is the difference of the two means). Seed 0 is the recipe's own.
 
 ``--reuse`` keeps a run whose command and metrics are on disk. kft runs under ``--kft-python``
 (default: the repository's ``.venv``); the JSON names the repository's commit.
@@ -109,6 +112,9 @@ def main(argv=None) -> int:
     parser.add_argument("--min-gain", type=float, default=0.15)
     parser.add_argument("--source-run", type=Path, default=None,
                         help="Use this finished run on SOURCE instead of training one.")
+    parser.add_argument("--seeds", default="0", type=lambda text: [int(v) for v in text.split(",")],
+                        help="train.seed of the target runs, comma-separated (0: the recipe's "
+                             "own seed); each fold's gain is the mean over them")
     parser.add_argument("--reuse", action="store_true")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -132,14 +138,25 @@ def main(argv=None) -> int:
         source_model = args.runs / "source" / "model.keras"
     folds = {}
     for fold in FOLDS:
-        common = (f"data.root={roots[f'target_{fold}']}", *DATA_SETS, *TARGET_SETS,
-                  f"train.epochs={args.target_epochs}")
-        fine = run_kft(args.kft_python, args.runs, f"target_{fold}/finetune",
-                       (*common, f"model.load_from={source_model}"), args.reuse)
-        scratch = run_kft(args.kft_python, args.runs, f"target_{fold}/scratch", common,
-                          args.reuse)
-        folds[fold] = {"finetune": fine, "scratch": scratch,
-                       "gain_AP50": round(fine["AP50"] - scratch["AP50"], 4),
+        runs: dict[str, list] = {"finetune": [], "scratch": []}
+        for seed in args.seeds:
+            common = (f"data.root={roots[f'target_{fold}']}", *DATA_SETS, *TARGET_SETS,
+                      f"train.epochs={args.target_epochs}",
+                      *((f"train.seed={seed}",) if seed else ()))  # seed 0: the recipe's own
+            suffix = f"_seed{seed}" if seed else ""
+            runs["finetune"].append(run_kft(
+                args.kft_python, args.runs, f"target_{fold}/finetune{suffix}",
+                (*common, f"model.load_from={source_model}"), args.reuse))
+            runs["scratch"].append(run_kft(args.kft_python, args.runs,
+                                           f"target_{fold}/scratch{suffix}", common, args.reuse))
+        means = {kind: sum(r["AP50"] for r in records) / len(records)
+                 for kind, records in runs.items()}
+        folds[fold] = {"seeds": list(args.seeds),
+                       **{kind: records[0] if len(records) == 1 else records
+                          for kind, records in runs.items()},
+                       "finetune_mean_AP50": round(means["finetune"], 4),
+                       "scratch_mean_AP50": round(means["scratch"], 4),
+                       "gain_AP50": round(means["finetune"] - means["scratch"], 4),
                        "counts": manifest["counts"][f"target_{fold}"]}
     gain = sum(f["gain_AP50"] for f in folds.values()) / len(folds)
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
