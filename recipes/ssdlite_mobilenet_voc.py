@@ -5,7 +5,8 @@ stride 16 and 32, four depthwise-separable extra layers, depthwise-separable cla
 default boxes 0.2..0.95 with ratios 2 and 3 at every level. Training follows the torchvision
 SSDLite recipe scaled to one batch of 32 (SGD momentum 0.9, lr 0.15 * 32 / 192 = 0.025 with
 warm-up and cosine decay, weight decay 4e-5, SSD augmentation, 3:1 hard negative mining),
-for 200 epochs of VOC07+12 trainval. The end of the run exports float32 and full-integer INT8
+for 200 epochs of VOC07+12 trainval (one cosine decay over the run: ``restart_epochs=0``,
+so ``--set train.epochs=N`` decays over N epochs too). The end of the run exports float32 and full-integer INT8
 TFLite models (uint8 image input, int8 network, float32 in-graph decode + NMS) and compares
 their VOC07-test AP with the Keras model in export/report.json.
 On x86 with the TF 2.21 wheel the INT8 file runs slower than the float32 one (XNNPACK lacks
@@ -33,7 +34,7 @@ RECIPE = Recipe(
     model=Model(arch="ssdlite_mobilenet_v3", ssd=SSDSettings(neg_pos_ratio=3.0)),
     train=Train(
         epochs=200, batch_size=32, optimizer="sgd", learning_rate=0.025, momentum=0.9,
-        weight_decay=4e-5, schedule="cosine_restarts", restart_epochs=200, restart_mult=1.0,
+        weight_decay=4e-5, schedule="cosine_restarts", restart_epochs=0, restart_mult=1.0,
         min_lr=0.0, warmup_epochs=2, cls_loss="ce",
         box_loss="smooth_l1", early_stopping_patience=0),
     eval=Eval(batch_size=16, every=10),

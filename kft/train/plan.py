@@ -159,7 +159,60 @@ def plan_training(recipe: cfg.Recipe, num_train: int) -> tuple[cfg.Recipe, list[
         print(f"[kft] warning: the warm-up ({warmup} steps) is over half of the run ({total} "
               "steps)")
     recipe = dataclasses.replace(recipe, train=dataclasses.replace(t, **updates))
+    warning = schedule_outlasts_run(recipe.train, steps)
+    if warning:
+        print(f"[kft] warning: {warning}")
     return recipe, changes, steps
+
+
+# A schedule that still gives more than this fraction of train.learning_rate at the last step
+# has not decayed (schedule_outlasts_run).
+UNDECAYED_FRACTION = 0.5
+
+
+def schedule_outlasts_run(t: cfg.Train, steps: int) -> str:
+    """A warning when the learning-rate schedule is built for a longer run than ``t.epochs``
+    (e.g. ``--set train.epochs=30`` on a recipe whose cosine spans 200 epochs, or whose
+    milestones lie beyond the run): the last step's rate is still over
+    :data:`UNDECAYED_FRACTION` of the peak, so the run ends without annealing. ``""`` when the
+    schedule decays within the run (or is meant to be constant)."""
+    from kft.train.schedules import build_schedule, learning_rate_at
+
+    if t.schedule == "constant" or t.learning_rate <= 0 or (
+            t.schedule == "warmup_multistep" and not t.milestones):  # warm-up, then constant
+        return ""
+    if t.schedule == "cosine_restarts" and t.restart_epochs == 0:  # 0: the whole run
+        t = dataclasses.replace(t, restart_epochs=float(t.epochs))
+    total = t.epochs * steps
+    try:
+        last = learning_rate_at(build_schedule(t, steps), max(total - 1, 0))
+    except ValueError:  # a schedule validation refuses (its own message comes from there)
+        return ""
+    if last <= UNDECAYED_FRACTION * t.learning_rate:
+        return ""
+    fix = {"cosine_restarts": _restart_fix(t),
+           "warmup_multistep": f"no train.milestones {tuple(t.milestones)} falls well inside "
+                               f"train.epochs={t.epochs}; set milestones within the run",
+           "step": f"train.step_epochs={t.step_epochs} against train.epochs={t.epochs}; a "
+                   "smaller train.step_epochs decays within the run"}.get(t.schedule, "")
+    return (f"the learning rate is still {last:.3g} ({last / t.learning_rate:.0%} of "
+            f"train.learning_rate={t.learning_rate:g}) at the last step: the run ends before "
+            f"its schedule decays ({fix})")
+
+
+def _restart_fix(t: cfg.Train) -> str:
+    """What to change when a cosine-restarts schedule has not decayed at the run's end."""
+    if t.restart_epochs > t.epochs:
+        return (f"train.restart_epochs={t.restart_epochs:g} is longer than train.epochs="
+                f"{t.epochs}; train.restart_epochs=0 gives one cosine decay over the whole run")
+    ends, length, end = [], float(t.restart_epochs), 0.0
+    while end + length <= t.epochs + length and len(ends) < 4:  # up to the first past the run
+        end += length
+        ends.append(f"{end:g}")
+        length *= t.restart_mult
+    return (f"train.epochs={t.epochs} stops early in a warm-restart cycle; cycles end at "
+            f"epochs {', '.join(ends)}: end the run at one of them, or set "
+            "train.restart_epochs=0 for one cosine decay over the whole run")
 
 
 def bn_momentum_for(total_steps: int) -> float:

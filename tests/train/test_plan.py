@@ -100,3 +100,36 @@ def test_the_fine_tuning_policy_is_off_without_pretrained_weights():
                                 model=cfg.Model(load_from="runs/source"))
     kept, _, _ = plan_training(tuned, 40)
     assert kept.train.head_epochs == 2 and kept.train.backbone_lr_scale == 0.1
+
+
+def test_a_schedule_longer_than_the_run_is_a_printed_warning(capsys):
+    """`--set train.epochs=30` on a recipe whose schedule spans 200 epochs used to end the run
+    at 95% of the peak learning rate without a word (the few-shot detection runs did)."""
+    from kft.train.plan import schedule_outlasts_run
+    from kft.train.schedules import build_schedule, learning_rate_at
+
+    ssdlite = cfg.load_recipe("recipes/ssdlite_mobilenet_voc.py")
+    short = cfg.apply_overrides(ssdlite, ["train.epochs=30"])
+    planned, _, steps = plan_training(short, 40)
+    assert "warning" not in capsys.readouterr().out
+    last = learning_rate_at(build_schedule(planned.train, steps), 30 * steps - 1)
+    assert last < 0.01 * planned.train.learning_rate  # one cosine decay over the 30 epochs
+    old = cfg.apply_overrides(short, ["train.restart_epochs=200"])  # the recipe as it was
+    plan_training(old, 40)
+    out = capsys.readouterr().out
+    assert "[kft] warning:" in out and "95% of train.learning_rate=0.025" in out
+    assert "train.restart_epochs=200 is longer than train.epochs=30" in out
+    assert "train.restart_epochs=0" in out
+    # the paper's SSD milestones beyond a short run; warm restarts stopped early in a cycle
+    ssd = cfg.apply_overrides(cfg.load_recipe("recipes/ssd_voc.py"), ["train.epochs=30"])
+    assert "train.milestones (155, 193)" in schedule_outlasts_run(ssd.train, 10)
+    classify = cfg.load_recipe("recipes/quickstart_classify.py")  # cycles 4 + 8 + 16 epochs
+    assert schedule_outlasts_run(classify.train, 10) == ""
+    thirty = cfg.apply_overrides(classify, ["train.epochs=30"]).train
+    assert "cycles end at epochs 4, 12, 28, 60" in schedule_outlasts_run(thirty, 10)
+    assert schedule_outlasts_run(_recipe(schedule="constant", epochs=3).train, 10) == ""
+    for path in ("recipes/ssd_voc.py", "recipes/ssdlite_mobilenet_voc.py",
+                 "recipes/fasterrcnn_r50fpn_voc.py", "recipes/finetune_classify.py"):
+        recipe = cfg.load_recipe(path)
+        if recipe.train.epochs:  # at the recipe's own length every schedule decays
+            assert schedule_outlasts_run(recipe.train, 10) == "", path
