@@ -54,6 +54,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from kft import quiet_stderr
+
 FORMATS = ("float32", "float16", "int8")
 WARMUP_RUNS = 3
 MAX_KERAS_LATENCY_IMAGES = 50
@@ -201,8 +203,6 @@ def convert(saved_model_dir: str, fmt: str, calibration: Sequence[np.ndarray] = 
     ``QuantizationDebugger(...).get_nondebug_quantized_model()`` returns, in one conversion
     instead of three (calibration, the debug model, and a float conversion for the names).
     """
-    from kft import quiet_stderr
-
     with quiet_stderr():  # the converter's C++ log lines (anything else comes through after)
         return _convert(saved_model_dir, fmt, calibration, keep_float, signature_key)
 
@@ -355,8 +355,6 @@ class TimedInterpreter:
         if self.invoked:
             raw = self._invoke(x)
         else:  # the runtime applies its default delegate at the first call, and prints so
-            from kft import quiet_stderr
-
             with quiet_stderr():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
                 raw = self._invoke(x)
             self.invoked = True

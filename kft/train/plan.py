@@ -206,7 +206,7 @@ def _restart_fix(t: cfg.Train) -> str:
         return (f"train.restart_epochs={t.restart_epochs:g} is longer than train.epochs="
                 f"{t.epochs}; train.restart_epochs=0 gives one cosine decay over the whole run")
     ends, length, end = [], float(t.restart_epochs), 0.0
-    while end + length <= t.epochs + length and len(ends) < 4:  # up to the first past the run
+    while end <= t.epochs and len(ends) < 4:  # the cycle ends up to the first past the run
         end += length
         ends.append(f"{end:g}")
         length *= t.restart_mult
