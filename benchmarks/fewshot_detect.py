@@ -22,7 +22,9 @@ fine-tuning beats scratch by at least ``--min-gain`` AP50 (issue 9: 0.15).
         [--source-run RUN] [--seeds 0,1] [--reuse] [--out results.json]
 
 ``--seeds``: the target runs' ``train.seed`` values (one fine-tune and one scratch run per fold
-and seed; a fold's gain is the difference of the two means). Seed 0 is the recipe's own.
+and seed; a fold's gain is the difference of the two means; each fold's ``finetune`` and
+``scratch`` are lists of records in ``--seeds`` order, one seed or several). Seed 0 is the
+recipe's own.
 
 ``--reuse`` keeps a run whose command and metrics are on disk. kft runs under ``--kft-python``
 (default: the repository's ``.venv``); the JSON names the repository's commit.
@@ -152,8 +154,7 @@ def main(argv=None) -> int:
         means = {kind: sum(r["AP50"] for r in records) / len(records)
                  for kind, records in runs.items()}
         folds[fold] = {"seeds": list(args.seeds),
-                       **{kind: records[0] if len(records) == 1 else records
-                          for kind, records in runs.items()},
+                       **runs,  # one record per seed, in --seeds order, even for one seed
                        "finetune_mean_AP50": round(means["finetune"], 4),
                        "scratch_mean_AP50": round(means["scratch"], 4),
                        "gain_AP50": round(means["finetune"] - means["scratch"], 4),
