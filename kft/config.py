@@ -140,6 +140,11 @@ class Model:
     ssd: SSDSettings = field(default_factory=SSDSettings)
     frcnn: FasterRCNNSettings = field(default_factory=FasterRCNNSettings)
 
+    @property
+    def pretrained(self) -> bool:
+        """Whether the run starts from weights (a kft model, a preset or backbone weights)."""
+        return bool(self.load_from or self.preset or self.backbone_weights)
+
 
 @dataclass
 class Train:

@@ -586,9 +586,11 @@ def _schedule_lengths(r: cfg.Recipe) -> None:
     if t.head_epochs and t.unfreeze_every:
         raise ConfigError(f"train.head_epochs={t.head_epochs} and train.unfreeze_every="
                           f"{t.unfreeze_every} are two freezing schedules: use one")
-    if t.epochs and t.head_epochs >= t.epochs:
+    # without pretrained weights the run plan drops the head-only phase (nothing to freeze)
+    if t.epochs and t.head_epochs >= t.epochs and r.model.pretrained:
         raise ConfigError(f"train.head_epochs={t.head_epochs} leaves no epoch to fine-tune "
-                          f"the backbone (train.epochs={t.epochs})")
+                          f"the backbone (train.epochs={t.epochs}): set train.head_epochs "
+                          f"below {t.epochs} or train.epochs above {t.head_epochs}")
 
 
 def _model_detector_family(r: cfg.Recipe) -> None:

@@ -66,7 +66,8 @@ BAD = [
     ("data.augment=d4", "classification", ["data.augment='d4'", "natural, orientation"]),
     ("data.splits=train", "detection", ["data.splits='train'", "TRAIN,VAL"]),
     ("train.warmup_epochs=12", "classification", ["train.warmup_epochs=12", "as long as"]),
-    ("train.head_epochs=10", "classification", ["train.head_epochs=10", "no epoch"]),
+    ("train.head_epochs=10;model.load_from=/runs/source/model.keras", "classification",
+     ["train.head_epochs=10", "no epoch", "train.head_epochs below 10"]),
     ("data.val_fraction=1", "classification", ["data.val_fraction=1.0", "[0, 1)"]),
     ("train.grad_accum_steps=0", "classification", ["train.grad_accum_steps=0", ">= 1"]),
     ("train.weight_decay=-0.1", "classification", ["train.weight_decay=-0.1", ">= 0"]),
@@ -128,6 +129,15 @@ def test_valid_detection_values_pass(good):
     # eval.every=0 is valid: no in-training evaluation
     overrides = good.split(",") if not good.startswith("train.layer_lrs") else [good]
     validate_recipe(_detect(*overrides))
+
+
+def test_head_epochs_as_long_as_the_run_is_fine_without_pretrained_weights():
+    # finetune_classify.py from scratch: the run plan drops the head-only phase, so a short
+    # run (train.epochs <= head_epochs) is not refused for it
+    recipe = _classify("model.arch=resnet_tiny", "train.head_epochs=2", "train.epochs=2")
+    validate_recipe(recipe)
+    assert "train.head_epochs=2" in _error(
+        cfg.apply_overrides(recipe, ["model.load_from=/runs/source/model.keras"]))
 
 
 def test_empty_quantize_is_fine_when_export_is_disabled():

@@ -126,8 +126,7 @@ def plan_training(recipe: cfg.Recipe, num_train: int) -> tuple[cfg.Recipe, list[
                               "0: one cosine decay over the whole run"))
         updates["restart_epochs"] = float(epochs)
     m = recipe.model
-    if not (m.load_from or m.preset or m.backbone_weights) and (
-            t.head_epochs or t.backbone_lr_scale != 1.0):
+    if not m.pretrained and (t.head_epochs or t.backbone_lr_scale != 1.0):
         why = "no pretrained weights (model.load_from / preset / backbone_weights): nothing to "
         if t.head_epochs:
             changes.append(Change("train.head_epochs", t.head_epochs, 0, why + "keep frozen"))
