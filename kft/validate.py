@@ -582,7 +582,8 @@ def _schedule_lengths(r: cfg.Recipe) -> None:
     if t.epochs and t.warmup_epochs >= t.epochs:
         raise ConfigError(f"train.warmup_epochs={t.warmup_epochs:g} is as long as the run "
                           f"(train.epochs={t.epochs}): the learning rate would never reach "
-                          "train.learning_rate")
+                          f"train.learning_rate; set train.warmup_epochs below {t.epochs} "
+                          "(a fraction works) or train.epochs higher")
     if t.head_epochs and t.unfreeze_every:
         raise ConfigError(f"train.head_epochs={t.head_epochs} and train.unfreeze_every="
                           f"{t.unfreeze_every} are two freezing schedules: use one")

@@ -34,6 +34,8 @@ def layouts(tmp_path_factory):
     shapes = make_shapes_detection(tmp / "shapes", classes=CLASSES, num_train=13, num_val=7,
                                    image_size=SIZES, seed=3)
     (shapes / "GENERATED.txt").unlink(missing_ok=True)  # laid out as a user's own data
+    for extra in ("trainval", "test"):  # a custom VOC export: train.txt and val.txt only
+        (shapes / "VOC" / "ImageSets" / "Main" / f"{extra}.txt").unlink()
     out = {"voc": shapes / "VOC"}
     coco = shapes / "COCO"
     cvat = tmp / "cvat"  # CVAT "COCO 1.0": annotations/instances_<subset>.json, images/
@@ -99,6 +101,26 @@ def test_the_runner_reads_each_layout_with_one_split_key(layouts, layout, tmp_pa
         assert "inferred" in resolved["data.class_names"].reason
     if layout in ("cvat", "roboflow"):
         assert "images" in out  # the layout note says where the images were found
+
+
+@pytest.mark.parametrize("layout", ["voc", "cvat", "roboflow", "yolo"])
+def test_a_missing_split_names_the_key_the_splits_found_and_the_fix(layouts, layout, tmp_path):
+    """ssd_voc.py's own splits (trainval / test) are in none of these folders: the run stops
+    before any work with one line naming the key, the splits there, and data.splits."""
+    from kft.tasks.detection import DetectionTask
+
+    train, val = SPLIT_KEY[layout].split(",")
+    recipe = cfg.apply_overrides(_recipe(layouts, layout),
+                                 ["data.splits=", "data.train_split=trainval",
+                                  "data.val_split=test"])
+    for key, value, sets in (("data.train_split", "trainval", []),
+                             ("data.val_split", "test", [f"data.train_split={train}"])):
+        with pytest.raises(cfg.ConfigError) as info:
+            DetectionTask().read(cfg.apply_overrides(recipe, sets), tmp_path, "train")
+        message = str(info.value)
+        assert message.startswith(f"{key}='{value}': ") and "\n" not in message, message
+        assert f"'{train}'" in message and f"'{val}'" in message, message  # the splits found
+        assert f"set {key} to one of them" in message and "data.splits=TRAIN,VAL" in message
 
 
 # slow tier: what the runner reads is checked above for every layout, and the default tier's

@@ -85,6 +85,7 @@ def read_split(data: cfg.Data, split: str, run_dir: Path, root: str | None = Non
     names that match none of the files') is a ConfigError naming the root and split.
     """
     from kft.data.readers.detection import AnnotationsLostError
+    from kft.data.readers.layout import SplitNotFoundError
 
     fmt = data.format
     root = ensure_root(data, root, seed)
@@ -97,6 +98,10 @@ def read_split(data: cfg.Data, split: str, run_dir: Path, root: str | None = Non
                                     cache_dir=run_dir / "cache" / "converted",
                                     image_dir=(data.image_dir or None) if fmt == "coco"
                                     else None)
+    except SplitNotFoundError as e:
+        key = "data.train_split" if split == data.train_split else "data.val_split"
+        raise cfg.ConfigError(f"{key}={split!r}: {e}; set {key} to one of them, or both "
+                              "splits at once with data.splits=TRAIN,VAL") from None
     except AnnotationsLostError as e:
         raise cfg.ConfigError(f"data.root={root!r} split {split!r}: no usable objects: "
                               f"{' '.join(str(e).split())} (data.class_names: empty = "

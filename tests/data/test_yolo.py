@@ -2,6 +2,7 @@
 polygons, background images, every kind of bad line, class names, lost annotations, the CLI."""
 
 import json
+import shutil
 import warnings
 
 import numpy as np
@@ -259,6 +260,22 @@ def test_roboflow_export(tmp_path):
         assert valid.image_dir == str(root / "valid/images")
         np.testing.assert_allclose(valid.records[0].boxes, [[0, 0, 100, 66.6]], atol=1e-4)
     assert read_yolo(root, "test").records[0].labels.tolist() == [1]
+
+
+def test_roboflow_export_without_its_test_folder(tmp_path):
+    # Roboflow's data.yaml names test: ../test/images whether or not the export has a test
+    # split; listing the splits used to recurse (resolve_split <-> yolo_splits) without end
+    root = write_roboflow(tmp_path / "Potholes.v3i.yolov8")
+    shutil.rmtree(root / "test")
+    assert available_splits("yolo", root) == ["train", "valid"]
+    assert len(read_yolo(root, "val")) == 1
+    with pytest.raises(FileNotFoundError, match=r"no YOLO split 'test'.*"
+                                                r"splits found: \['train', 'valid'\]"):
+        read_yolo(root, "test")
+    result = invoke("check", root, "--out", tmp_path / "check")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "check/check.json").read_text())["split_names"] == {
+        "train": "train", "val": "valid"}
 
 
 def test_without_data_yaml_classes_are_named_by_index(tmp_path):

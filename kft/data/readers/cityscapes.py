@@ -30,6 +30,7 @@ from kft.data.readers.detection import (
     to_number,
     verified_size,
 )
+from kft.data.readers.layout import SplitNotFoundError
 from kft.data.report import DataReport
 
 CITYSCAPES_CLASSES = ("person", "rider", "car", "truck", "bus", "train", "motorcycle",
@@ -48,7 +49,7 @@ def split_folders(root: Path, split: str) -> tuple[Path, Path]:
             parent = folder.parent
             have = sorted(p.name for p in parent.iterdir() if p.is_dir()) if parent.is_dir() \
                 else []
-            raise FileNotFoundError(f"Cityscapes folder {folder} does not exist; splits in "
+            raise SplitNotFoundError(f"Cityscapes folder {folder} does not exist; splits in "
                                     f"{parent}: {have}")
     return gt, images
 

@@ -31,6 +31,11 @@ _OTHER_COCO_TASKS = ("captions_", "person_keypoints_", "panoptic_", "stuff_", "i
 _FILE_NAMES_CHECKED = 10
 
 
+class SplitNotFoundError(FileNotFoundError):
+    """A dataset folder has no split of the name asked for; the message lists the splits it
+    has. Every reader raises it (a recipe run adds which ``data.*`` key names the split)."""
+
+
 def _folder(root) -> Path:
     root = Path(root).expanduser()
     if not root.is_dir():
@@ -81,7 +86,7 @@ def find_coco_annotation(root, split: str) -> Path:
             return path
     near = sorted(str(p.relative_to(root)) for p in
                   [*root.glob("annotations/*.json"), *root.glob(f"*/{ROBOFLOW_COCO_JSON}")])
-    raise FileNotFoundError(
+    raise SplitNotFoundError(
         f"no COCO annotation file for split {split!r} in {root}: tried "
         f"{', '.join(str(p) for p in candidates)}; JSON files there: {near}; splits found: "
         f"{coco_splits(root)}")

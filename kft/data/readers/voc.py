@@ -38,6 +38,7 @@ from kft.data.readers.detection import (
     unknown_class,
     verified_size,
 )
+from kft.data.readers.layout import SplitNotFoundError
 from kft.data.report import DataReport
 
 VOC_CLASSES = (
@@ -79,7 +80,7 @@ def read_split_ids(root, split: str, report: DataReport) -> list[str]:
     ignored, repeated ids reported once and dropped)."""
     path = Path(root) / "ImageSets" / "Main" / f"{split}.txt"
     if not path.is_file():
-        raise FileNotFoundError(f"VOC split file {path} does not exist; splits in "
+        raise SplitNotFoundError(f"VOC split file {path} does not exist; splits in "
                                 f"{path.parent}: {available_splits(root)}")
     ids, seen = [], set()
     for line_no, line in enumerate(path.read_text(errors="replace").splitlines(), 1):

@@ -47,7 +47,7 @@ from kft.data.readers.detection import (
     to_number,
     unknown_class,
 )
-from kft.data.readers.layout import YOLO_YAML_NAMES
+from kft.data.readers.layout import YOLO_YAML_NAMES, SplitNotFoundError
 from kft.data.report import DataReport
 
 TOLERANCE = 1e-3  # fractions of the image size; beyond it, a clip is reported
@@ -176,6 +176,17 @@ def resolve_split(root, split: str) -> tuple[list[Path], str]:
     folders ``images/<split>`` and ``<split>/images``. ``FileNotFoundError`` listing every
     place tried and the splits found."""
     root = Path(root).expanduser()
+    found, tried = _find_split(root, split)
+    if found is None:
+        raise SplitNotFoundError(f"no YOLO split {split!r} in {root}: tried {', '.join(tried)}; "
+                                f"splits found: {yolo_splits(root)}")
+    return found
+
+
+def _find_split(root: Path, split: str) -> tuple[tuple[list[Path], str] | None, list[str]]:
+    """:func:`resolve_split`'s search: ``((sources, layout), [])`` or ``(None, places
+    tried)``. It never lists the splits found (that calls back into it for data.yaml's
+    keys, e.g. Roboflow's ``test: ../test/images`` with no test folder exported)."""
     names = (split, *SPLIT_ALIASES.get(split, ()))
     tried: list[str] = []
     yaml_path = find_data_yaml(root)
@@ -195,14 +206,13 @@ def resolve_split(root, split: str) -> tuple[list[Path], str]:
                     break
                 sources.append(found)
             else:
-                return sources, _layout_label(sources[0])
+                return (sources, _layout_label(sources[0])), []
     for name in names:
         for folder in (root / "images" / name, root / name / "images"):
             if folder.is_dir():
-                return [folder], _layout_label(folder)
+                return ([folder], _layout_label(folder)), []
             tried.append(str(folder))
-    raise FileNotFoundError(f"no YOLO split {split!r} in {root}: tried {', '.join(tried)}; "
-                            f"splits found: {yolo_splits(root)}")
+    return None, tried
 
 
 def yolo_splits(root) -> list[str]:
@@ -228,10 +238,10 @@ def yolo_splits(root) -> list[str]:
             if not data.get(key) or key in names:
                 continue
             try:
-                sources, _ = resolve_split(root, key)
-            except (FileNotFoundError, ValueError):
+                found, _ = _find_split(root, key)
+            except ValueError:
                 continue
-            if any(s.resolve() not in folders for s in sources):
+            if found is not None and any(s.resolve() not in folders for s in found[0]):
                 names.append(key)
     return names
 
