@@ -40,6 +40,8 @@ class Data:
     tfds_data_dir: str = ""
     tfds_download: bool = False
     train_split: str = "train"
+    # detection: "holdout" = a seeded data.val_fraction of train_split (an export with one
+    # split, e.g. CVAT's "default"), never trained on
     val_split: str = "test"
     splits: str = ""  # "train,val": sets train_split and val_split with one key
     cache: bool = False

@@ -565,6 +565,24 @@ def _selection_needs_evaluation(r: cfg.Recipe) -> None:
                           "selects on it: set eval.every >= 1 or early_stopping_patience=0")
 
 
+def _holdout_val_split(r: cfg.Recipe) -> None:
+    """``data.val_split="holdout"`` (detection): a share of the training split, so no other
+    validation root, and a share that holds out something."""
+    d = r.data
+    if d.val_split != "holdout":
+        return
+    if r.task != "detection":
+        raise ConfigError("data.val_split='holdout' is for detection; an image folder without "
+                          "val/ holds out data.val_fraction of train/ by itself")
+    if d.val_root:
+        raise ConfigError(f"data.val_split='holdout' takes the validation images from "
+                          f"data.train_split, not from data.val_root={d.val_root!r}: remove "
+                          "one of the two")
+    if not d.val_fraction > 0:
+        raise ConfigError(f"data.val_fraction={d.val_fraction:g} holds out nothing: "
+                          "data.val_split='holdout' needs a value in (0, 1), e.g. 0.1")
+
+
 def _monitor(r: cfg.Recipe) -> None:
     if (r.task == "detection" and r.train.monitor in VOC_MONITORS
             and r.data.format not in ("voc",) + AUTO_FORMATS):
@@ -655,4 +673,5 @@ def _model_detector_family(r: cfg.Recipe) -> None:
 
 _CROSS_CHECKS: tuple[Callable[[cfg.Recipe], None], ...] = (
     _data_root, _detection_format, _export_formats, _step_schedule, _model_hash, _model_stages,
-    _selection_needs_evaluation, _monitor, _schedule_lengths, _model_detector_family)
+    _selection_needs_evaluation, _holdout_val_split, _monitor, _schedule_lengths,
+    _model_detector_family)

@@ -56,6 +56,18 @@ def layouts(tmp_path_factory):
     for split in ("train", "val"):
         write_yolo(read_voc(shapes / "VOC", split), yolo, split)
     out["yolo"] = yolo
+    # CVAT "Pascal VOC 1.1" of one task: a single subset, ImageSets/Main/default.txt
+    cvat_voc = tmp / "cvat_voc"
+    shutil.copytree(shapes / "VOC", cvat_voc)
+    main = cvat_voc / "ImageSets" / "Main"
+    ids = [(main / f"{s}.txt").read_text() for s in ("train", "val")]
+    (main / "default.txt").write_text("".join(ids))
+    for split in ("train", "val"):
+        (main / f"{split}.txt").unlink()
+    (cvat_voc / "labelmap.txt").write_text(
+        "# label:color_rgb:parts:actions\nbackground:0,0,0::\n"
+        + "".join(f"{c}:{40 * i},0,0::\n" for i, c in enumerate(CLASSES, 1)))
+    out["cvat_voc"] = cvat_voc
     return out
 
 
@@ -121,6 +133,34 @@ def test_a_missing_split_names_the_key_the_splits_found_and_the_fix(layouts, lay
         assert message.startswith(f"{key}='{value}': ") and "\n" not in message, message
         assert f"'{train}'" in message and f"'{val}'" in message, message  # the splits found
         assert f"set {key} to one of them" in message and "data.splits=TRAIN,VAL" in message
+
+
+def test_one_split_export_holds_out_its_validation_images(layouts, tmp_path, capsys):
+    """A CVAT VOC export of one subset ('default'): data.val_split=holdout validates on a
+    seeded data.val_fraction of it, never trained on, and kft eval draws the same images."""
+    from kft.tasks.detection import DetectionTask
+
+    recipe = cfg.apply_overrides(_recipe(layouts, "voc"), [
+        f"data.root={layouts['cvat_voc']}", "data.splits=default,holdout",
+        "data.val_fraction=0.3"])
+    data = DetectionTask().read(recipe, tmp_path, "train")
+    out = capsys.readouterr().out
+    assert "6 of the 20 images of 'default' held out for validation" in out, out
+    assert data.num_train == 14 and data.num_val == 6
+    train_ids = {r.image_id for r in data.train.records}
+    val_ids = [r.image_id for r in data.val.records]
+    assert not train_ids & set(val_ids) and len(train_ids | set(val_ids)) == 20
+    assert sorted(data.class_names) == sorted(CLASSES)
+    assert "held out" in data.val_description and "'default'" in data.val_description
+    again = DetectionTask().read(recipe, tmp_path, "eval")
+    assert [r.image_id for r in again.val.records] == val_ids
+    other = DetectionTask().read(cfg.apply_overrides(recipe, ["train.seed=1"]), tmp_path, "eval")
+    assert [r.image_id for r in other.val.records] != val_ids
+    # without the key: the message lists the split there and names the holdout
+    with pytest.raises(cfg.ConfigError, match=r"data.val_split='test'.*\['default'\].*"
+                                              r"data.val_split=holdout"):
+        DetectionTask().read(cfg.apply_overrides(recipe, ["data.splits=", "data.val_split=test"]),
+                             tmp_path, "train")
 
 
 # slow tier: what the runner reads is checked above for every layout, and the default tier's

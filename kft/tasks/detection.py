@@ -18,6 +18,8 @@ from kft.eval.detection import COCOEvalCallback, evaluate_detector
 from kft.models.ssd import SSD, ArchError
 from kft.tasks import Task, TaskData
 
+HOLDOUT = "holdout"  # data.val_split: a seeded data.val_fraction of the training split
+
 
 def _roots(root: str) -> list[str]:
     """``"VOC2007,VOC2012"`` -> both folders (VOC 07+12); any other root is one folder."""
@@ -63,14 +65,14 @@ def resolve_layout(data: cfg.Data, seed: int = 0) -> list:
         raise cfg.ConfigError(f"data.format={fmt!r} must be one of {list(DETECTION_FORMATS)}")
     if fmt == "voc" and not data.class_names:
         roots = _roots(data.root) + (_roots(data.val_root) if data.val_root else [])
-        names = infer_voc_class_names(list(dict.fromkeys(roots)),
-                                      [data.train_split, data.val_split])
+        splits = [data.train_split] + ([data.val_split] if data.val_split != HOLDOUT else [])
+        names = infer_voc_class_names(list(dict.fromkeys(roots)), splits)
         if names:
             from kft.data.readers.voc import VOC_CLASSES
 
             why = ("the 20 VOC classes: every annotated name is one" if tuple(names) ==
                    tuple(VOC_CLASSES) else f"inferred: the {len(names)} names in the "
-                   f"annotations of {data.train_split!r} and {data.val_split!r}")
+                   f"annotations of {' and '.join(repr(s) for s in splits)}")
             changes.append(Change("data.class_names", (), tuple(names), why))
     return changes
 
@@ -100,8 +102,10 @@ def read_split(data: cfg.Data, split: str, run_dir: Path, root: str | None = Non
                                     else None)
     except SplitNotFoundError as e:
         key = "data.train_split" if split == data.train_split else "data.val_split"
+        also = (f", or data.val_split={HOLDOUT} to hold out data.val_fraction of the training "
+                "split" if key == "data.val_split" else "")
         raise cfg.ConfigError(f"{key}={split!r}: {e}; set {key} to one of them, or both "
-                              "splits at once with data.splits=TRAIN,VAL") from None
+                              f"splits at once with data.splits=TRAIN,VAL{also}") from None
     except AnnotationsLostError as e:
         raise cfg.ConfigError(f"data.root={root!r} split {split!r}: no usable objects: "
                               f"{' '.join(str(e).split())} (data.class_names: empty = "
@@ -325,10 +329,29 @@ def _batch_augment(name: str, seed: int):
 DRY_RUN_IMAGES = 3  # batches of 2: one full, one partial (the shapes a real split gives)
 
 
-def read_splits(d: cfg.Data, run_dir: Path):
+def held_out(d: cfg.Data, train_split, seed: int, verbose: bool = True):
+    """``(rest, val)`` for ``data.val_split="holdout"``: ``data.val_fraction`` of the
+    training split's images, drawn with ``seed`` (train.seed), so ``kft eval`` and
+    ``--resume`` draw the same images again."""
+    try:
+        rest, val = train_split.holdout(d.val_fraction, seed)
+    except ValueError as e:
+        raise cfg.ConfigError(f"data.val_split={HOLDOUT!r}: split {d.train_split!r}: "
+                              f"{e}") from None
+    if verbose:
+        print(f"[kft] data.val_split={HOLDOUT!r}: {len(val)} of the {len(train_split)} images "
+              f"of {d.train_split!r} held out for validation (data.val_fraction="
+              f"{d.val_fraction:g}, train.seed={seed}); {len(rest)} train")
+    return rest, val
+
+
+def read_splits(d: cfg.Data, run_dir: Path, seed: int = 0):
     """``(train, val)`` splits with val's labels in train's class order (checked by name);
-    ``d`` resolved (:func:`resolve_layout`)."""
+    ``d`` resolved (:func:`resolve_layout`); ``data.val_split="holdout"``: see
+    :func:`held_out`."""
     train_split = read_split(d, d.train_split, run_dir)
+    if d.val_split == HOLDOUT:
+        return held_out(d, train_split, seed)
     val_root = d.val_root or d.root
     val_split = read_split(d, d.val_split, run_dir, val_root)
     try:
@@ -397,11 +420,15 @@ class DetectionTask(Task):
         d, t, e = recipe.data, recipe.train, recipe.eval
         run_dir = Path(run_dir)
         val_root = d.val_root or d.root
-        if purpose == "eval":
+        if purpose == "eval" and d.val_split == HOLDOUT:  # the images the run held out
+            train_split = None
+            _, val_split = held_out(d, read_split(d, d.train_split, run_dir, seed=t.seed),
+                                    t.seed, verbose=False)
+        elif purpose == "eval":
             train_split = None
             val_split = read_split(d, d.val_split, run_dir, val_root, seed=t.seed)
         else:
-            train_split, val_split = read_splits(d, run_dir)
+            train_split, val_split = read_splits(d, run_dir, t.seed)
         select_split = None
         if purpose == "train" and t.early_stopping_patience > 0:
             if e.every == 0:
@@ -443,7 +470,10 @@ class DetectionTask(Task):
             generated=report["generated"], num_train=report["num_train"],
             num_val=len(val_split), selection=select_split,
             num_selection=report["num_selection"],
-            val_description=f"{val_root} split {d.val_split!r} ({len(val_split)} images)",
+            val_description=(f"{d.root} split {d.train_split!r}, the {len(val_split)} images "
+                             f"held out (data.val_split={HOLDOUT!r}, data.val_fraction="
+                             f"{d.val_fraction:g})" if d.val_split == HOLDOUT else
+                             f"{val_root} split {d.val_split!r} ({len(val_split)} images)"),
             selection_description=(
                 f"{len(select_split)} images held out of {d.root} split {d.train_split!r}"
                 if select_split is not None else None),
