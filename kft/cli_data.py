@@ -42,7 +42,8 @@ DEFAULT_SPLIT_PAIRS = {
     "voc": (("trainval", "test"), ("train", "val"), ("trainval", None), ("train", None)),
     "coco": (("train2017", "val2017"), ("train", "val"), ("train", "valid"), ("train", "test"),
              ("train2017", None), ("train", None), ("default", None)),
-    "yolo": (("train", "val"), ("train", "valid"), ("train", "test"), ("train", None)),
+    "yolo": (("train", "val"), ("train", "valid"), ("train", "test"), ("train", None),
+             ("all", None)),
     "cityscapes": (("train", "val"), ("train", None)),
 }
 AUGMENTS = ("none", "default", "ssd")

@@ -332,6 +332,28 @@ def test_roboflow_coco_export(tmp_path):
     assert fmt_split.records[0].labels.tolist() == [1] and "yolo" in DETECTION_FORMATS
 
 
+def test_label_studio_coco_export(tmp_path):
+    """Label Studio's COCO export: result.json at the top, file_name "images/<name>"."""
+    root = tmp_path / "project-3-at-2026-12-01"
+    entries = []
+    for index, (name, anns) in enumerate(CVAT_IMAGES["train"]):
+        width, height = SIZES[index % len(SIZES)]
+        photo(root / "images" / name, width, height, index)
+        entries.append((f"images/{name}", width, height, anns))
+    (root / "result.json").write_text(json.dumps(coco_json(entries)))
+    assert detect_format(root)[0] == "coco" and "Label Studio" in detect_format(root)[1]
+    assert available_splits("coco", root) == ["result"]
+    split = read_coco(root, "result")
+    assert len(split) == 3 and split.class_names == ["car", "bus"]
+    assert split.image_dir == str(root)
+    for record, (_, anns) in zip(split.records, CVAT_IMAGES["train"], strict=True):
+        np.testing.assert_allclose(record.boxes, _xyxy(anns), atol=1e-4)
+    result = invoke("check", root, "--out", tmp_path / "check")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "check/check.json").read_text())["splits"]["train"][
+        "objects"] == 4
+
+
 def test_cli_check_cvat_and_roboflow_with_auto_format(tmp_path):
     cvat = write_cvat_coco(tmp_path / "cvat")
     result = invoke("check", cvat, "--out", tmp_path / "c1")

@@ -278,6 +278,29 @@ def test_roboflow_export_without_its_test_folder(tmp_path):
         "train": "train", "val": "valid"}
 
 
+def test_label_studio_yolo_export_is_one_split_named_all(tmp_path):
+    """Label Studio's YOLO export: images/ and labels/ with no split folders, classes.txt."""
+    root = tmp_path / "project-7-at-2026-12-01"
+    write_split(root / "images", root / "labels", {
+        "a1b2c3d4-road1": ((640, 480), "1 0.5 0.5 0.25 0.5\n"),
+        "e5f6a7b8-road2": ((333, 500), "0 0.1 0.1 0.2 0.2\n1 0.5 0.5 1 1\n")})
+    (root / "classes.txt").write_text("crack\npothole\n")
+    (root / "notes.json").write_text('{"categories": [], "info": {}}')
+    assert detect_format(root)[0] == "yolo"
+    assert available_splits("yolo", root) == ["all"]
+    split = read_yolo(root, "all")
+    assert split.class_names == ["crack", "pothole"] and len(split) == 2
+    assert "Label Studio" in split.layout_note
+    np.testing.assert_array_equal(split.records[0].boxes, [[240, 120, 400, 360]])
+    assert split.records[1].labels.tolist() == [0, 1]
+    with pytest.raises(FileNotFoundError, match=r"splits found: \['all'\]"):
+        read_yolo(root, "train")
+    result = invoke("check", root, "--out", tmp_path / "check")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "check/check.json").read_text())["split_names"] == {
+        "train": "all"}
+
+
 def test_without_data_yaml_classes_are_named_by_index(tmp_path):
     root = tmp_path / "exported"
     write_split(root / "images" / "train", root / "labels" / "train",

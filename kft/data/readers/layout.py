@@ -13,6 +13,7 @@
   CVAT (COCO 1.0)       ``annotations/instances_<split>.json``  ``images/`` (or
                         (``instances_default.json``)            ``images/<split>/``)
   Roboflow (COCO)       ``<split>/_annotations.coco.json``      beside the JSON
+  Label Studio (COCO)   ``result.json`` (split ``result``)      ``images/``
   ====================  =====================================  ==============================
 
 The image folder is the first candidate that exists *and* holds one of the first image entries'
@@ -25,6 +26,7 @@ from __future__ import annotations
 from pathlib import Path
 
 ROBOFLOW_COCO_JSON = "_annotations.coco.json"
+LABEL_STUDIO_COCO_JSON = "result.json"  # Label Studio's COCO export: result.json + images/
 YOLO_YAML_NAMES = ("data.yaml", "data.yml")
 # COCO annotation files of other tasks that sit in annotations/ beside instances_*.json
 _OTHER_COCO_TASKS = ("captions_", "person_keypoints_", "panoptic_", "stuff_", "image_info_")
@@ -53,11 +55,13 @@ def _contents(root: Path, limit: int = 20) -> str:
 
 def coco_annotation_candidates(root, split: str) -> list[Path]:
     """The annotation files tried for ``split``, in order: ``annotations/instances_<split>.json``,
-    ``annotations/<split>.json``, Roboflow's ``<split>/_annotations.coco.json``."""
+    ``annotations/<split>.json``, Roboflow's ``<split>/_annotations.coco.json``, a
+    ``<split>.json`` in ``root`` itself (Label Studio's ``result.json``: split ``result``)."""
     root = Path(root)
     return [root / "annotations" / f"instances_{split}.json",
             root / "annotations" / f"{split}.json",
-            root / split / ROBOFLOW_COCO_JSON]
+            root / split / ROBOFLOW_COCO_JSON,
+            root / f"{split}.json"]
 
 
 def coco_splits(root) -> list[str]:
@@ -73,6 +77,8 @@ def coco_splits(root) -> list[str]:
         elif not stem.startswith(_OTHER_COCO_TASKS):
             names.add(stem)
     names |= {p.parent.name for p in root.glob(f"*/{ROBOFLOW_COCO_JSON}")}
+    if (root / LABEL_STUDIO_COCO_JSON).is_file():
+        names.add(Path(LABEL_STUDIO_COCO_JSON).stem)
     return sorted(names)
 
 
@@ -191,6 +197,8 @@ def _format_evidence(root: Path) -> dict[str, str]:
         found["coco"] = f"annotations/{jsons[0].name} (COCO JSON)"
     elif roboflow:
         found["coco"] = f"{roboflow[0].parent.name}/{ROBOFLOW_COCO_JSON} (Roboflow COCO)"
+    elif (root / LABEL_STUDIO_COCO_JSON).is_file():
+        found["coco"] = f"{LABEL_STUDIO_COCO_JSON} (Label Studio COCO; split 'result')"
     yaml = next((root / n for n in YOLO_YAML_NAMES if (root / n).is_file()), None)
     if yaml is not None:
         found["yolo"] = f"{yaml.name} (YOLO)"
@@ -223,7 +231,8 @@ def detect_format(root) -> tuple[str, str]:
         else ""
     raise FileNotFoundError(
         f"cannot tell the dataset format of {root}: it has none of Annotations/+JPEGImages/ "
-        "(voc), annotations/*.json or <split>/_annotations.coco.json (coco), data.yaml or "
+        "(voc), annotations/*.json, <split>/_annotations.coco.json or result.json (coco), "
+        "data.yaml or "
         f"images/+labels/ (yolo), gtFine/+leftImg8bit/ (cityscapes); it contains "
         f"{_contents(root)}{hint}. Pass --format to choose one")
 

@@ -53,6 +53,19 @@ from kft.data.report import DataReport
 TOLERANCE = 1e-3  # fractions of the image size; beyond it, a clip is reported
 SPLIT_KEYS = ("train", "val", "test")
 SPLIT_ALIASES = {"val": ("valid",), "valid": ("val",)}
+# Label Studio's YOLO export: images/*.jpg and labels/*.txt with no split folders (and
+# classes.txt): one split, named "all" (a recipe validates it with data.val_split=holdout)
+FLAT_SPLIT = "all"
+
+
+def _flat_images(root: Path) -> bool:
+    """Whether ``root/images`` holds image files itself and no split folders."""
+    folder = root / "images"
+    if not folder.is_dir():
+        return False
+    entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
+    return (not any(p.is_dir() for p in entries)
+            and any(p.suffix.lower() in IMAGE_EXTENSIONS for p in entries))
 CLASS_FILES = ("classes.txt", "obj.names")
 BOX_FIELDS = 5
 
@@ -212,6 +225,10 @@ def _find_split(root: Path, split: str) -> tuple[tuple[list[Path], str] | None, 
             if folder.is_dir():
                 return ([folder], _layout_label(folder)), []
             tried.append(str(folder))
+    if split == FLAT_SPLIT:
+        if _flat_images(root):
+            return ([root / "images"], "one folder, no splits: Label Studio layout"), []
+        tried.append(f"{root / 'images'} (image files without split folders)")
     return None, tried
 
 
@@ -228,6 +245,8 @@ def yolo_splits(root) -> list[str]:
         folders |= {(p / "images").resolve(): p.name for p in sorted(root.iterdir())
                     if (p / "images").is_dir()}
     names = list(folders.values())
+    if not names and _flat_images(root):
+        names.append(FLAT_SPLIT)
     yaml_path = find_data_yaml(root)
     if yaml_path is not None:
         try:
