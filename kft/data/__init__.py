@@ -37,7 +37,12 @@ from kft.data.pipeline import Batches, classification_batches, load_image
 from kft.data.readers.cityscapes import CITYSCAPES_CLASSES, read_cityscapes
 from kft.data.readers.coco import read_coco
 from kft.data.readers.detection import AnnotationsLostError, DetectionRecord, DetectionSplit
-from kft.data.readers.folder import ClassificationSplit, read_image_folder, stratified_split
+from kft.data.readers.folder import (
+    ClassificationSplit,
+    folder_layout,
+    read_image_folder,
+    stratified_split,
+)
 from kft.data.readers.layout import available_splits, detect_format
 from kft.data.readers.tfds import TFDSNotPreparedError, load_tfds
 from kft.data.readers.tfds_detection import read_tfds_detection
@@ -86,6 +91,7 @@ __all__ = [
     "load_image",
     "load_tfds",
     "make_shapes_classification",
+    "folder_layout",
     "read_image_folder",
     "scan_images",
     "stratified_split",

@@ -16,6 +16,7 @@ from kft.data import (
     DataReport,
     classification_augment,
     classification_batches,
+    folder_layout,
     load_tfds,
     make_shapes_classification,
     read_image_folder,
@@ -70,6 +71,12 @@ def prepare_data(data: cfg.Data, run_dir: Path, seed: int) -> ClassificationData
     train, val = read_image_folder(root, val_fraction=data.val_fraction, seed=seed, report=report,
                                    cache_dir=run_dir / "cache" / "converted",
                                    min_side=data.min_side)
+    train_dir, val_dir = folder_layout(root)
+    print(f"[kft] images: train {train_dir} ({len(train.paths)} images, "
+          f"{len(train.class_names)} classes); val "
+          + (f"{val_dir} ({len(val.paths)} images)" if val_dir is not None else
+             f"= {len(val.paths)} images held out of it (no val/ or valid/ folder; "
+             f"data.val_fraction={data.val_fraction:g}, stratified)"))
     if generated:
         print("[kft] NOTE: training on generated data (GENERATED.txt in data.root)")
     return ClassificationData(train, val, list(train.class_names), len(train.paths),

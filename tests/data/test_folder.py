@@ -88,6 +88,22 @@ def test_split_without_val_folder_and_flat_layout(tmp_path):
     assert [p.split("/")[-2:] for p in flat_val.paths] == [p.split("/")[-2:] for p in val.paths]
 
 
+def test_roboflow_classification_export_uses_its_valid_folder(tmp_path):
+    # Roboflow's folder export: train/, valid/, test/ (and a README); valid/ is the val
+    # split (it used to be ignored and 10% of train held out instead)
+    root = tmp_path / "Digits.v1i.folder"
+    for split, n in (("train", 6), ("valid", 3), ("test", 2)):
+        for k, name in enumerate(("five", "six")):
+            _write_class(root / split / name, n, seed=k)
+    (root / "README.roboflow.txt").write_text("exported via roboflow.com\n")
+    train, val = read_image_folder(root, val_fraction=0.1, seed=0)
+    assert len(train.paths) == 12 and len(val.paths) == 6
+    assert all("/valid/" in p for p in val.paths)
+    assert folder_reader.folder_layout(root) == (root / "train", root / "valid")
+    (root / "val" / "five").mkdir(parents=True)  # val/ first when both exist
+    assert folder_reader.folder_layout(root)[1] == root / "val"
+
+
 def test_layout_errors_name_the_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing"):
         read_image_folder(tmp_path / "missing")
@@ -107,6 +123,9 @@ def test_layout_errors_name_the_folder(tmp_path):
     (tmp_path / "v" / "val" / "cat").mkdir(parents=True)
     with pytest.raises(FolderError, match="val/ folder but no train/ folder"):
         read_image_folder(tmp_path / "v")
+    (tmp_path / "w" / "valid" / "cat").mkdir(parents=True)
+    with pytest.raises(FolderError, match="valid/ folder but no train/ folder"):
+        read_image_folder(tmp_path / "w")
 
 
 def _no_scan(monkeypatch):
@@ -151,3 +170,23 @@ def test_folder_class_names_reads_no_image(tmp_path, monkeypatch):
     for name in ("dog", "cat", ".hidden"):
         (tmp_path / "r" / "train" / name).mkdir(parents=True)
     assert folder_class_names(tmp_path / "r") == ["cat", "dog"]
+
+
+def test_prepare_data_prints_which_folders_it_read(tmp_path, capsys):
+    from kft import config as cfg
+    from kft.tasks.classification import prepare_data
+
+    for split, n in (("train", 5), ("valid", 2)):
+        for k, name in enumerate(("cat", "dog")):
+            _write_class(tmp_path / "with_val" / split / name, n, seed=k)
+            if split == "train":
+                _write_class(tmp_path / "train_only" / split / name, n, seed=k)
+    prepare_data(cfg.Data(root=str(tmp_path / "with_val")), tmp_path / "run1", seed=0)
+    out = capsys.readouterr().out
+    assert (f"[kft] images: train {tmp_path / 'with_val' / 'train'} (10 images, 2 classes); "
+            f"val {tmp_path / 'with_val' / 'valid'} (4 images)") in out, out
+    prepare_data(cfg.Data(root=str(tmp_path / "train_only"), val_fraction=0.2), tmp_path / "run2",
+                 seed=0)
+    out = capsys.readouterr().out
+    assert "(8 images, 2 classes); val = 2 images held out of it" in out, out
+    assert "data.val_fraction=0.2" in out

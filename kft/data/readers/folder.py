@@ -2,7 +2,8 @@
 
 Layouts, in order of preference:
 
-1. ``root/train/<class>/*`` and ``root/val/<class>/*``: used as given.
+1. ``root/train/<class>/*`` and ``root/val/<class>/*`` (or ``valid/``, Roboflow's export, or
+   ``validation/``): used as given.
 2. ``root/train/<class>/*`` alone: a seeded, stratified ``val_fraction`` of it is held out.
 3. ``root/<class>/*``: the whole set, split the same way.
 
@@ -130,16 +131,28 @@ def _list_split(split_dir: Path, class_names: list[str], report: DataReport):
     return files, labels
 
 
+# the validation folder beside train/, first found: kft's and ImageNet's val/, Roboflow's
+# valid/, TFDS-style validation/
+VAL_FOLDERS = ("val", "valid", "validation")
+
+
+def folder_layout(root) -> tuple[Path, Path | None]:
+    """``(training folder, validation folder or None)`` that :func:`read_image_folder`
+    reads for ``root`` (layouts 1-3 of the module docstring)."""
+    return _layout(Path(root))
+
+
 def _layout(root: Path) -> tuple[Path, Path | None]:
     """(training folder, validation folder or None)."""
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist or is not a directory "
                                 "(data.root)")
-    train, val = root / "train", root / "val"
+    train = root / "train"
+    val = next((root / n for n in VAL_FOLDERS if (root / n).is_dir()), None)
     if train.is_dir():
-        return train, (val if val.is_dir() else None)
-    if val.is_dir():
-        raise FolderError(f"{root} has a val/ folder but no train/ folder: expected "
+        return train, val
+    if val is not None:
+        raise FolderError(f"{root} has a {val.name}/ folder but no train/ folder: expected "
                           f"{root}/train/<class>/<image> (data.root)")
     return root, None
 
