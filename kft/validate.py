@@ -372,8 +372,11 @@ SHARED_KEYS = frozenset({
 })
 
 # Keys that decide the model or the data a run trained on: --resume refuses to change them.
+# the splits, their held-out shares and train.seed (which draws them) too: a resumed run
+# must not train on images its first part validated on
 RESUME_FIXED = ("task", "data.root", "data.val_root", "data.format", "data.class_names",
-                "data.image_size", "model.")
+                "data.image_size", "data.train_split", "data.val_split", "data.splits",
+                "data.val_fraction", "train.seed", "model.")
 
 
 # ---------------------------------------------------------------------------------------------

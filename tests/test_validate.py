@@ -244,6 +244,11 @@ def test_resume_differences_name_model_and_data_keys():
     assert any(d.startswith("model.head") for d in diff)
     assert not any(d.startswith("train.epochs") for d in diff)
     assert v.resume_differences(saved, saved) == []
+    # what draws the held-out images (data.val_split=holdout, D9 selection) stays fixed too
+    held = _detect("data.val_split=holdout")
+    for change in ("train.seed=3", "data.val_fraction=0.3", "data.train_split=default"):
+        diff = v.resume_differences(cfg.apply_overrides(held, [change]), held)
+        assert [d.split(" ")[0] for d in diff] == [change.split("=")[0]], (change, diff)
 
 
 def test_check_formats():

@@ -75,7 +75,7 @@ def prepare_data(data: cfg.Data, run_dir: Path, seed: int) -> ClassificationData
     print(f"[kft] images: train {train_dir} ({len(train.paths)} images, "
           f"{len(train.class_names)} classes); val "
           + (f"{val_dir} ({len(val.paths)} images)" if val_dir is not None else
-             f"= {len(val.paths)} images held out of it (no val/ or valid/ folder; "
+             f"= {len(val.paths)} images held out of it (no val/, valid/ or validation/ folder; "
              f"data.val_fraction={data.val_fraction:g}, stratified)"))
     if generated:
         print("[kft] NOTE: training on generated data (GENERATED.txt in data.root)")

@@ -78,7 +78,7 @@ def resolve_layout(data: cfg.Data, seed: int = 0) -> list:
 
 
 def read_split(data: cfg.Data, split: str, run_dir: Path, root: str | None = None,
-               seed: int = 0, verbose: bool = True):
+               seed: int = 0, verbose: bool = True, key: str = ""):
     """A :class:`DetectionSplit` of ``root`` (default ``data.root``) in ``data.format``
     (resolved: see :func:`resolve_layout`).
 
@@ -101,11 +101,13 @@ def read_split(data: cfg.Data, split: str, run_dir: Path, root: str | None = Non
                                     image_dir=(data.image_dir or None) if fmt == "coco"
                                     else None)
     except SplitNotFoundError as e:
-        key = "data.train_split" if split == data.train_split else "data.val_split"
+        key = key or ("data.train_split" if split == data.train_split else "data.val_split")
         also = (f", or data.val_split={HOLDOUT} to hold out data.val_fraction of the training "
                 "split" if key == "data.val_split" else "")
-        raise cfg.ConfigError(f"{key}={split!r}: {e}; set {key} to one of them, or both "
-                              f"splits at once with data.splits=TRAIN,VAL{also}") from None
+        fix = (f"data.splits={data.splits!r} names it: set data.splits=TRAIN,VAL with one of "
+               "them" if data.splits else f"set {key} to one of them, or both splits at "
+               "once with data.splits=TRAIN,VAL")
+        raise cfg.ConfigError(f"{key}={split!r}: {e}; {fix}{also}") from None
     except AnnotationsLostError as e:
         raise cfg.ConfigError(f"data.root={root!r} split {split!r}: no usable objects: "
                               f"{' '.join(str(e).split())} (data.class_names: empty = "
@@ -349,11 +351,11 @@ def read_splits(d: cfg.Data, run_dir: Path, seed: int = 0):
     """``(train, val)`` splits with val's labels in train's class order (checked by name);
     ``d`` resolved (:func:`resolve_layout`); ``data.val_split="holdout"``: see
     :func:`held_out`."""
-    train_split = read_split(d, d.train_split, run_dir)
+    train_split = read_split(d, d.train_split, run_dir, key="data.train_split")
     if d.val_split == HOLDOUT:
         return held_out(d, train_split, seed)
     val_root = d.val_root or d.root
-    val_split = read_split(d, d.val_split, run_dir, val_root)
+    val_split = read_split(d, d.val_split, run_dir, val_root, key="data.val_split")
     try:
         val_split = align_classes(train_split, val_split, f"{d.root} split {d.train_split!r}",
                                   f"{val_root} split {d.val_split!r}")
@@ -422,11 +424,12 @@ class DetectionTask(Task):
         val_root = d.val_root or d.root
         if purpose == "eval" and d.val_split == HOLDOUT:  # the images the run held out
             train_split = None
-            _, val_split = held_out(d, read_split(d, d.train_split, run_dir, seed=t.seed),
-                                    t.seed, verbose=False)
+            _, val_split = held_out(d, read_split(d, d.train_split, run_dir, seed=t.seed,
+                                                  key="data.train_split"), t.seed)
         elif purpose == "eval":
             train_split = None
-            val_split = read_split(d, d.val_split, run_dir, val_root, seed=t.seed)
+            val_split = read_split(d, d.val_split, run_dir, val_root, seed=t.seed,
+                                   key="data.val_split")
         else:
             train_split, val_split = read_splits(d, run_dir, t.seed)
         select_split = None

@@ -102,6 +102,21 @@ def test_roboflow_classification_export_uses_its_valid_folder(tmp_path):
     assert folder_reader.folder_layout(root) == (root / "train", root / "valid")
     (root / "val" / "five").mkdir(parents=True)  # val/ first when both exist
     assert folder_reader.folder_layout(root)[1] == root / "val"
+    other = tmp_path / "tfds_style"
+    for split in ("train", "validation"):
+        for k, name in enumerate(("five", "six")):
+            _write_class(other / split / name, 2, seed=k)
+    assert folder_reader.folder_layout(other) == (other / "train", other / "validation")
+
+
+def test_flat_classes_named_valid_are_classes(tmp_path):
+    # root/<class>/* with classes "valid" and "invalid": no train/, so valid/ is a class
+    for k, name in enumerate(("valid", "invalid")):
+        _write_class(tmp_path / "forms" / name, 5, seed=k)
+    train, val = read_image_folder(tmp_path / "forms", val_fraction=0.2, seed=0)
+    assert train.class_names == ["invalid", "valid"]
+    assert len(train.paths) + len(val.paths) == 10
+    assert folder_class_names(tmp_path / "forms") == ["invalid", "valid"]
 
 
 def test_layout_errors_name_the_folder(tmp_path):
@@ -123,9 +138,6 @@ def test_layout_errors_name_the_folder(tmp_path):
     (tmp_path / "v" / "val" / "cat").mkdir(parents=True)
     with pytest.raises(FolderError, match="val/ folder but no train/ folder"):
         read_image_folder(tmp_path / "v")
-    (tmp_path / "w" / "valid" / "cat").mkdir(parents=True)
-    with pytest.raises(FolderError, match="valid/ folder but no train/ folder"):
-        read_image_folder(tmp_path / "w")
 
 
 def _no_scan(monkeypatch):

@@ -343,6 +343,10 @@ def test_label_studio_coco_export(tmp_path):
     (root / "result.json").write_text(json.dumps(coco_json(entries)))
     assert detect_format(root)[0] == "coco" and "Label Studio" in detect_format(root)[1]
     assert available_splits("coco", root) == ["result"]
+    (root / "train.json").write_text("{}")  # other JSON at the top are no split
+    assert available_splits("coco", root) == ["result"]
+    with pytest.raises(FileNotFoundError, match="splits found: \\['result'\\]"):
+        read_coco(root, "train")
     split = read_coco(root, "result")
     assert len(split) == 3 and split.class_names == ["car", "bus"]
     assert split.image_dir == str(root)

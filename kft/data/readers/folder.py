@@ -148,11 +148,11 @@ def _layout(root: Path) -> tuple[Path, Path | None]:
         raise FileNotFoundError(f"image folder {root} does not exist or is not a directory "
                                 "(data.root)")
     train = root / "train"
-    val = next((root / n for n in VAL_FOLDERS if (root / n).is_dir()), None)
-    if train.is_dir():
-        return train, val
-    if val is not None:
-        raise FolderError(f"{root} has a {val.name}/ folder but no train/ folder: expected "
+    if train.is_dir():  # valid/ and validation/ count only beside train/: alone they may be
+        # class folders of a root/<class>/* set (classes "valid" and "invalid")
+        return train, next((root / n for n in VAL_FOLDERS if (root / n).is_dir()), None)
+    if (root / "val").is_dir():
+        raise FolderError(f"{root} has a val/ folder but no train/ folder: expected "
                           f"{root}/train/<class>/<image> (data.root)")
     return root, None
 
@@ -188,7 +188,8 @@ def read_image_folder(root, *, val_fraction: float = 0.1, seed: int = 0,
 
     Args:
         root: dataset folder.
-        val_fraction: share held out per class when there is no ``val/`` folder.
+        val_fraction: share held out per class when there is no ``val/`` (``valid/``,
+            ``validation/``) folder.
         seed: seed of that hold-out.
         report: receives skipped/converted files and counters (``train_images``,
             ``val_images``, ``classes``); a fresh one when None.

@@ -55,13 +55,14 @@ def _contents(root: Path, limit: int = 20) -> str:
 
 def coco_annotation_candidates(root, split: str) -> list[Path]:
     """The annotation files tried for ``split``, in order: ``annotations/instances_<split>.json``,
-    ``annotations/<split>.json``, Roboflow's ``<split>/_annotations.coco.json``, a
-    ``<split>.json`` in ``root`` itself (Label Studio's ``result.json``: split ``result``)."""
+    ``annotations/<split>.json``, Roboflow's ``<split>/_annotations.coco.json``, and for
+    split ``result`` Label Studio's ``result.json`` in ``root`` itself."""
     root = Path(root)
     return [root / "annotations" / f"instances_{split}.json",
             root / "annotations" / f"{split}.json",
             root / split / ROBOFLOW_COCO_JSON,
-            root / f"{split}.json"]
+            *([root / LABEL_STUDIO_COCO_JSON] if split == Path(LABEL_STUDIO_COCO_JSON).stem
+              else [])]
 
 
 def coco_splits(root) -> list[str]:
