@@ -156,6 +156,14 @@ def test_one_split_export_holds_out_its_validation_images(layouts, tmp_path, cap
     assert [r.image_id for r in again.val.records] == val_ids
     other = DetectionTask().read(cfg.apply_overrides(recipe, ["train.seed=1"]), tmp_path, "eval")
     assert [r.image_id for r in other.val.records] != val_ids
+    # a real split of that name is not silently replaced by the held-out share
+    main = layouts["cvat_voc"] / "ImageSets" / "Main"
+    (main / "holdout.txt").write_text((main / "default.txt").read_text())
+    try:
+        with pytest.raises(cfg.ConfigError, match="has a split named 'holdout'"):
+            DetectionTask().read(recipe, tmp_path, "train")
+    finally:
+        (main / "holdout.txt").unlink()
     # without the key: the message lists the split there and names the holdout
     with pytest.raises(cfg.ConfigError, match=r"data.val_split='test'.*\['default'\].*"
                                               r"data.val_split=holdout"):

@@ -353,6 +353,18 @@ def read_splits(d: cfg.Data, run_dir: Path, seed: int = 0):
     :func:`held_out`."""
     train_split = read_split(d, d.train_split, run_dir, key="data.train_split")
     if d.val_split == HOLDOUT:
+        from kft.data.readers.layout import available_splits
+
+        for root in _roots(d.root):
+            try:
+                named = HOLDOUT in available_splits(d.format, root)
+            except (OSError, ValueError):
+                named = False
+            if named:
+                raise cfg.ConfigError(
+                    f"data.val_split={HOLDOUT!r} means a share of {d.train_split!r} held out, "
+                    f"but {root} has a split named {HOLDOUT!r}: rename that split to use it "
+                    "as the val split")
         return held_out(d, train_split, seed)
     val_root = d.val_root or d.root
     val_split = read_split(d, d.val_split, run_dir, val_root, key="data.val_split")
