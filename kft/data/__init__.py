@@ -91,8 +91,8 @@ __all__ = [
     "load_image",
     "load_tfds",
     "make_shapes_classification",
-    "folder_layout",
     "read_image_folder",
+    "folder_layout",
     "scan_images",
     "stratified_split",
 ]

@@ -78,13 +78,14 @@ def resolve_layout(data: cfg.Data, seed: int = 0) -> list:
 
 
 def read_split(data: cfg.Data, split: str, run_dir: Path, root: str | None = None,
-               seed: int = 0, verbose: bool = True, key: str = ""):
+               seed: int = 0, verbose: bool = True, *, key: str):
     """A :class:`DetectionSplit` of ``root`` (default ``data.root``) in ``data.format``
     (resolved: see :func:`resolve_layout`).
 
     With ``data.generate="shapes"`` and a missing root, kft's generated shapes dataset is
     written first (see :func:`generate_shapes`). A split that loses every annotation (e.g. class
-    names that match none of the files') is a ConfigError naming the root and split.
+    names that match none of the files') is a ConfigError naming the root and split; a
+    split the folder lacks, one naming ``key`` (the recipe key that gave ``split``).
     """
     from kft.data.readers.detection import AnnotationsLostError
     from kft.data.readers.layout import SplitNotFoundError
@@ -101,7 +102,6 @@ def read_split(data: cfg.Data, split: str, run_dir: Path, root: str | None = Non
                                     image_dir=(data.image_dir or None) if fmt == "coco"
                                     else None)
     except SplitNotFoundError as e:
-        key = key or ("data.train_split" if split == data.train_split else "data.val_split")
         also = (f", or data.val_split={HOLDOUT} to hold out data.val_fraction of the training "
                 "split" if key == "data.val_split" else "")
         fix = (f"data.splits={data.splits!r} names it: set data.splits=TRAIN,VAL with one of "
@@ -434,16 +434,14 @@ class DetectionTask(Task):
         d, t, e = recipe.data, recipe.train, recipe.eval
         run_dir = Path(run_dir)
         val_root = d.val_root or d.root
-        if purpose == "eval" and d.val_split == HOLDOUT:  # the images the run held out
-            train_split = None
-            _, val_split = held_out(d, read_split(d, d.train_split, run_dir, seed=t.seed,
-                                                  key="data.train_split"), t.seed)
-        elif purpose == "eval":
+        if purpose == "eval" and d.val_split != HOLDOUT:  # the val split alone
             train_split = None
             val_split = read_split(d, d.val_split, run_dir, val_root, seed=t.seed,
                                    key="data.val_split")
-        else:
+        else:  # a holdout's val images are drawn from the training split
             train_split, val_split = read_splits(d, run_dir, t.seed)
+            if purpose == "eval":
+                train_split = None
         select_split = None
         if purpose == "train" and t.early_stopping_patience > 0:
             if e.every == 0:

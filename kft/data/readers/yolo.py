@@ -64,8 +64,7 @@ def _flat_images(root: Path) -> bool:
     if not folder.is_dir():
         return False
     entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
-    return (not any(p.is_dir() for p in entries)
-            and any(p.suffix.lower() in IMAGE_EXTENSIONS for p in entries))
+    return not any(p.is_dir() for p in entries) and any(map(_is_image, entries))
 CLASS_FILES = ("classes.txt", "obj.names")
 BOX_FIELDS = 5
 
